@@ -1,0 +1,42 @@
+"""The contract every dataset of the trainer fulfils.
+
+A dataset is a list of environments (domains). The trainer asks for one minibatch per
+training environment at every step, stacked on a leading domain axis, and for
+evaluation batches of every environment's ``in`` and ``out`` splits (DomainBed's
+names: ``out`` is the held-out ``holdout_fraction`` of the environment, ``in`` the rest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, Protocol
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+"""``{"x": float32 images (..., H, W, C), "y": int32 labels (...)}``."""
+
+Split = Literal["in", "out"]
+
+
+class EnvironmentSplits(Protocol):
+    """A dataset split into environments, each into an ``in`` and an ``out`` part."""
+
+    name: str
+    environments: tuple[str, ...]
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    train_envs: tuple[int, ...]  # every environment not in test_envs, ascending
+
+    def train_batch(self, step: int) -> Batch:
+        """The minibatches of step ``step``: x ``(D, B, H, W, C)``, y ``(D, B)``.
+
+        D = len(train_envs). Drawn from each training environment's ``in`` split with
+        infinite per-environment shuffling; a pure function of (seed, step), so a run
+        resumed at step t sees exactly the batches an uninterrupted run sees.
+        """
+        ...
+
+    def eval_batches(self, env: int, split: Split, batch_size: int) -> Iterator[Batch]:
+        """Every example of environment ``env``'s ``split`` once, in fixed order."""
+        ...
