@@ -364,7 +364,8 @@ def corgrad(
     Non-finite input: a NaN or Inf in a domain's gradient makes the inner products of
     its pieces non-finite; a NaN test is not a conflict, so the gradients pass through
     unprojected and the NaN/Inf reaches the output of (at least) that leaf. Nothing is
-    silently zeroed; wrap the chain in :func:`optax.apply_if_finite` to skip such steps.
+    silently zeroed. To skip such steps, guard what follows corgrad (whose input is the
+    param-shaped update): ``optax.chain(corgrad(), optax.apply_if_finite(adam, 3))``.
 
     Args:
       num_slices: slices per layer for ``granularity="slice"`` (``n`` in the paper; 10 in
