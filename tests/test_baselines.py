@@ -1,0 +1,78 @@
+"""The sign-agreement baselines against NumPy float64 transcriptions of their papers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_leaves
+
+from corgrad_jax import agreement_rand, agreement_sum, and_mask, mean_gradients
+
+
+def leaves_tree(leaves):
+    return {f"l{k}": jnp.asarray(x) for k, x in enumerate(leaves)}
+
+
+@pytest.fixture
+def leaves(rng):
+    out = random_leaves(rng, 3, [(5, 4), (9,), (2, 2, 3)])
+    out[0][:, 0, 0] = [1.0, 0.0, 2.0]  # a zero agrees with nothing
+    return out
+
+
+def test_agreement_sum(leaves):
+    with jax.enable_x64(True):
+        tx = agreement_sum()
+        out, state = tx.update(leaves_tree(leaves), tx.init(None))
+    changed = 0
+    for k, x in enumerate(leaves):
+        signs = np.sign(x)
+        agree = np.abs(signs.sum(0)) == x.shape[0]
+        np.testing.assert_allclose(out[f"l{k}"], np.where(agree, x.sum(0), 0), rtol=1e-12)
+        changed += (~agree).sum()
+    assert out["l0"][0, 0] == 0
+    size = sum(x[0].size for x in leaves)
+    assert float(state.modification_frequency) == pytest.approx(changed / size, rel=1e-6)
+
+
+def test_agreement_rand_keeps_agreeing_components_and_redraws_the_rest(leaves):
+    with jax.enable_x64(True):
+        tx = agreement_rand(seed=4)
+        out, state = tx.update(leaves_tree(leaves), tx.init(None))
+        out2, _ = tx.update(leaves_tree(leaves), state)
+    for k, x in enumerate(leaves):
+        agree = np.abs(np.sign(x).sum(0)) == x.shape[0]
+        got = np.asarray(out[f"l{k}"])
+        np.testing.assert_allclose(got[agree], x.sum(0)[agree], rtol=1e-12)
+        assert np.all(got[~agree] != 0)
+        assert np.all(got[~agree] != np.asarray(out2[f"l{k}"])[~agree])  # fresh noise
+    # The noise scale is the mean |agreeing sum| of the layer: check on a large layer.
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((3, 20000)) + 0.5
+    tx = agreement_rand(seed=0)
+    out, _ = tx.update({"w": jnp.asarray(big, jnp.float32)}, tx.init(None))
+    agree = np.abs(np.sign(big).sum(0)) == 3
+    scale = np.abs(big.sum(0)[agree]).mean()
+    assert np.asarray(out["w"])[~agree].std() == pytest.approx(scale, rel=0.05)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.5, 0.0])
+def test_and_mask_is_domainbed_andmask(leaves, threshold):
+    with jax.enable_x64(True):
+        tx = and_mask(threshold)
+        out, _ = tx.update(leaves_tree(leaves), tx.init(None))
+    for k, x in enumerate(leaves):
+        mask = (np.abs(np.sign(x).mean(0)) >= threshold).astype(np.float64)
+        expected = mask * x.mean(0) / (1e-10 + mask.sum() / mask.size)
+        np.testing.assert_allclose(out[f"l{k}"], expected, rtol=1e-12, atol=1e-300)
+
+
+def test_mean_gradients(leaves):
+    with jax.enable_x64(True):
+        tx = mean_gradients()
+        out, state = tx.update(leaves_tree(leaves), tx.init(None))
+    for k, x in enumerate(leaves):
+        np.testing.assert_allclose(out[f"l{k}"], x.mean(0), rtol=1e-12)
+    assert float(state.modification_frequency) == 0
