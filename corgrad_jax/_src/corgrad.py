@@ -32,16 +32,15 @@ from corgrad_jax._src import base
 from corgrad_jax._src.pieces import (
     GRANULARITIES,
     VARIANTS,
-    Gram,
     LeafPieces,
     combine_pieces,
     leaf_pieces,
     piece_gram,
 )
 
-Coefficients = list[list[jax.Array]]
-"""``coeffs[i][m]``, shape ``(num_pieces,)``: weight of domain m's original piece in the
-current gradient of domain i."""
+Coefficients = jax.Array
+"""``coeffs[k, i, m]``: weight of domain m's original piece k in domain i's current piece.
+Shape ``(num_pieces, D, D)``; the Gram matrices have the same shape."""
 
 REDUCTIONS = ("sum", "mean")
 
@@ -50,132 +49,116 @@ REDUCTIONS = ("sum", "mean")
 # computed from Gram matrices, sqrt(c G c^T), carries an absolute error of about
 # sqrt(machine eps) times the original norm, hence the size of the slack.
 _TIE_RTOL = {jnp.dtype(jnp.float32): 1e-3, jnp.dtype(jnp.float64): 1e-7}
-
-# Conflicts are cosines below -eps (see project_conflicts).
+# Conflicts are inner products below -eps times the original norms (project_conflicts).
 _CONFLICT_EPS = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
 
 AlphaLike = float | optax.Schedule | jax.Array | None
 
 
-def _times(coefficient: Any, value: Any) -> Any:
-    """``coefficient * value``, skipping Python-number zeros and ones (static one-hots)."""
-    if isinstance(coefficient, float):
-        if coefficient == 0.0 or value is None:
-            return None
-        if coefficient == 1.0:
-            return value
-    return None if value is None else coefficient * value
+def _bilinear(u: jax.Array, gram: jax.Array, v: jax.Array) -> jax.Array:
+    """``u G v^T`` per piece and domain: ``u, v`` are ``(K, D', D)``, ``gram`` ``(K, D, D)``.
 
-
-def _plus(total: Any, term: Any) -> Any:
-    return term if total is None else total if term is None else total + term
-
-
-def _quadratic(u: Sequence[Any], gram: Gram, v: Sequence[Any]) -> jax.Array:
-    """``u G v^T`` for every piece: the inner product of two combinations of pieces."""
-    num_domains = len(gram)
-    total = None
-    for a in range(num_domains):
-        gv = None
-        for b in range(num_domains):
-            gv = _plus(gv, _times(v[b], gram[a][b]))
-        total = _plus(total, _times(u[a], gv))
-    return jnp.zeros_like(gram[0][0]) if total is None else total
-
-
-def domain_orders(num_domains: int, key: jax.Array, *, shuffle: bool) -> list[list[Any]]:
-    """For every domain i, the order in which it meets the other domains, as one-hots.
-
-    Returns ``onehot[i][s][n]``: 1 when the s-th domain domain i projects against is n.
-    With ``shuffle`` each i gets its own random permutation of the other domains, drawn
-    anew every step (Alg. 1, line 4); without, ascending order (plain Python numbers, so
-    XLA folds them away).
+    The inner product of two combinations of the original pieces. Written as
+    broadcasts and sums over the short minor axis, which fuse on every backend.
     """
-    others = [[j for j in range(num_domains) if j != i] for i in range(num_domains)]
+    gv = (gram[:, None, :, :] * v[:, :, None, :]).sum(-1)  # (K, D', D)
+    return (u * gv).sum(-1)
+
+
+def domain_orders(num_domains: int, key: jax.Array, *, shuffle: bool) -> jax.Array:
+    """For every domain i, the order in which it meets the other domains, one-hot.
+
+    Returns ``(D - 1, D, D)``: entry ``[s, i]`` is the unit vector of the s-th domain that
+    domain i projects against. With ``shuffle`` each i gets its own random permutation of
+    the other domains, drawn anew every step (Alg. 1, line 4); without, ascending order.
+    """
+    others = np.array([[j for j in range(num_domains) if j != i] for i in range(num_domains)])
     if not shuffle:
-        return [[[1.0 if n == j else 0.0 for n in range(num_domains)] for j in row]
-                for row in others]
+        return jnp.asarray(np.eye(num_domains)[others.T])
     keys = jax.random.split(key, num_domains)
-    onehots = []
-    for i in range(num_domains):
-        order = jnp.asarray(others[i])[jax.random.permutation(keys[i], num_domains - 1)]
-        hot = jax.nn.one_hot(order, num_domains)
-        onehots.append([[hot[s, n] for n in range(num_domains)] for s in range(num_domains - 1)])
-    return onehots
+    order = jnp.stack([jnp.asarray(others[i])[jax.random.permutation(keys[i], num_domains - 1)]
+                       for i in range(num_domains)])
+    return jax.nn.one_hot(order.T, num_domains)
 
 
 def project_conflicts(
-    gram: Gram, onehots: list[list[Any]], *, sequential: bool
-) -> tuple[Coefficients, jax.Array, jax.Array, jax.Array]:
+    gram: jax.Array, orders: jax.Array, *, sequential: bool
+) -> tuple[Coefficients, jax.Array, jax.Array]:
     """Projection of conflicting pieces (Alg. 1, lines 3-7), on coefficients.
 
-    For every domain i, for every other domain j in ``onehots``' order, for every piece k:
+    For every domain i, for every other domain j in ``orders``, for every piece k:
 
     .. math::  \\text{if } \\langle g_i^k, g_j^k\\rangle < 0:\\quad
         g_i^k \\leftarrow g_i^k - \\frac{\\langle g_i^k, g_j^k\\rangle}{\\|g_j^k\\|^2}\\, g_j^k
 
     (the paper's eq. 13 divides by ``||g_j||``, a typo). ``g_j`` is domain j's original
-    piece (PCGrad's Jacobi order, the paper); with ``sequential`` it is domain j's
-    current piece, already projected when j < i (the official code's in-place loop). A
-    piece whose reference is all zero is never projected. Numerically, "zero" is relative
-    to the original norms: a reference shorter than ``rtol ||g_j original||`` is zero
-    (rtol = 1e-3 in float32, 1e-7 in float64) and a conflict needs
+    piece (PCGrad's Jacobi order, the paper: all domains advance together, D - 1 steps);
+    with ``sequential`` it is domain j's current piece, already projected when j < i
+    (the official code's in-place loop, D (D - 1) steps).
+
+    A piece whose reference is all zero is never projected. Numerically, "zero" is
+    relative to the original norms: a reference shorter than ``rtol ||g_j original||`` is
+    zero (rtol = 1e-3 in float32, 1e-7 in float64) and a conflict needs
     ``<g_i, g_j> < -eps ||g_i original|| ||g_j original||`` (eps = 1e-5; 1e-12), so the
     rounding residue of a piece an earlier projection emptied (a 1-element piece, say)
     neither counts as a conflict nor serves as a direction.
 
+    Args:
+      gram: ``(K, D, D)`` piece Gram matrices.
+      orders: ``(D - 1, D, D)`` one-hot orders from :func:`domain_orders`.
+      sequential: Gauss-Seidel (official) instead of Jacobi (paper) projections.
+
     Returns:
-      ``(coeffs, tests, conflicts, ratio_sum)``: the coefficients of the projected
-      gradients, the number of conflict tests, the number of negative inner products,
+      ``(coeffs, conflicts, ratio_sum)``: the ``(K, D, D)`` coefficients of the projected
+      gradients, the number of negative inner products among the ``K D (D - 1)`` tests,
       and the sum over the modified tests of ``||removed|| / ||g_i^k before||``.
     """
-    num_domains = len(gram)
-    template = gram[0][0]
-    zero, one = jnp.zeros_like(template), jnp.ones_like(template)
-    coeffs: Coefficients = [[one if m == i else zero for m in range(num_domains)]
-                            for i in range(num_domains)]
+    num_pieces, num_domains, _ = gram.shape
+    dtype = jnp.dtype(gram.dtype)
+    eps, rtol = _CONFLICT_EPS[dtype], _TIE_RTOL[dtype]
+    original2 = jnp.diagonal(gram, axis1=1, axis2=2)  # (K, D): ||g_i^k||^2
+    coeffs = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), gram.shape)
     conflicts = jnp.zeros((), jnp.float32)
     ratio_sum = jnp.zeros((), jnp.float32)
-    for i in range(num_domains):
-        for onehot in onehots[i]:
-            static = all(isinstance(h, float) for h in onehot)
-            if sequential and static:  # reference: domain j's current coefficients
-                reference = coeffs[onehot.index(1.0)]
-            elif sequential:
-                reference = [sum(onehot[n] * coeffs[n][m] for n in range(num_domains))
-                             for m in range(num_domains)]
-            else:  # reference: domain j's original piece, the unit vector e_j
-                reference = onehot
-            inner = _quadratic(coeffs[i], gram, reference)
-            reference_norm2 = _quadratic(reference, gram, reference)
-            current_norm2 = _quadratic(coeffs[i], gram, coeffs[i])
-            # What an earlier projection left of a piece that is zero in exact arithmetic
-            # is a rounding residue: neither a reference nor a conflict. Both tests are
-            # relative to the original norms, the scale of the Gram matrices' errors.
-            original_j2 = _quadratic(onehot, gram, onehot)
-            eps = _CONFLICT_EPS[inner.dtype]
-            nonzero = reference_norm2 > _TIE_RTOL[inner.dtype] ** 2 * original_j2
-            scale = jnp.sqrt(jnp.maximum(gram[i][i] * original_j2, 0))
-            conflict = (inner < -eps * scale) & (reference_norm2 > 0) & nonzero
-            step = jnp.where(conflict, inner / jnp.where(conflict, reference_norm2, 1), 0)
-            # Modification ratio, as the official code logs it: |<g_i,g_j>| / ||g_j||
-            # over ||g_i|| before the projection.
-            removed = jnp.abs(inner) / jnp.sqrt(jnp.where(conflict, reference_norm2, 1))
-            ratio = removed / jnp.sqrt(jnp.where(conflict, jnp.maximum(current_norm2, 0), 1))
-            ratio = jnp.where(conflict & (current_norm2 > 0), ratio, 0)
-            conflicts = conflicts + conflict.sum(dtype=jnp.float32)
-            ratio_sum = ratio_sum + ratio.sum(dtype=jnp.float32)
-            coeffs[i] = [
-                c if (t := _times(reference[m], step)) is None else c - t
-                for m, c in enumerate(coeffs[i])
-            ]
-    tests = jnp.asarray(num_domains * (num_domains - 1) * template.size, jnp.float32)
-    return coeffs, tests, conflicts, ratio_sum
+
+    def project(current: jax.Array, reference: jax.Array, onehot: jax.Array,
+                rows: jax.Array) -> jax.Array:
+        nonlocal conflicts, ratio_sum
+        inner = _bilinear(current, gram, reference)
+        reference2 = _bilinear(reference, gram, reference)
+        current2 = _bilinear(current, gram, current)
+        original_i2 = (original2[:, None, :] * rows).sum(-1)
+        original_j2 = (original2[:, None, :] * onehot).sum(-1)
+        nonzero = reference2 > rtol**2 * original_j2
+        conflict = (inner < -eps * jnp.sqrt(original_i2 * original_j2)) & nonzero
+        safe_reference2 = jnp.where(conflict, reference2, 1)
+        step = jnp.where(conflict, inner / safe_reference2, 0)
+        # Modification ratio, as the official code logs it: ||removed|| / ||g_i before||
+        # with ||removed|| = |<g_i, g_j>| / ||g_j||.
+        ratio = jnp.abs(inner) / jnp.sqrt(safe_reference2 * jnp.where(conflict, current2, 1))
+        conflicts = conflicts + conflict.sum(dtype=jnp.float32)
+        ratio_sum = ratio_sum + jnp.where(conflict & (current2 > 0), ratio, 0).sum(
+            dtype=jnp.float32)
+        return current - step[..., None] * reference
+
+    eye = jnp.eye(num_domains, dtype=dtype)
+    if not sequential:  # all domains advance together against original pieces
+        for onehot in orders:  # (D, D): row i is e_{j_i(s)}
+            reference = jnp.broadcast_to(onehot.astype(dtype), gram.shape)
+            coeffs = project(coeffs, reference, onehot.astype(dtype)[None], eye[None])
+    else:
+        for i in range(num_domains):
+            for onehot in orders[:, i]:  # (D,): e_{j_i(s)}
+                reference = (onehot.astype(dtype)[None, :, None] * coeffs).sum(1)  # (K, D)
+                current = project(coeffs[:, i:i + 1], reference[:, None],
+                                  onehot.astype(dtype)[None, None], eye[i][None, None])
+                coeffs = coeffs.at[:, i].set(current[:, 0])
+    return coeffs, conflicts, ratio_sum
 
 
 def smooth_dominant(
     coeffs: Coefficients,
-    gram: Gram,
+    gram: jax.Array,
     layer_of_piece: np.ndarray,
     num_layers: int,
     alpha: jax.Array,
@@ -193,40 +176,29 @@ def smooth_dominant(
     Returns:
       The smoothed coefficients and the number of (domain, layer) pairs smoothed.
     """
-    num_domains = len(gram)
+    num_domains = gram.shape[-1]
+    dtype = jnp.dtype(gram.dtype)
 
-    def layer_norm(piece_norm2: jax.Array) -> jax.Array:
+    def layer_norm(piece_norm2: jax.Array) -> jax.Array:  # (K, D) -> (layers, D)
         total = jax.ops.segment_sum(piece_norm2, layer_of_piece, num_layers,
                                     indices_are_sorted=True)
         return jnp.sqrt(jnp.maximum(total, 0))
 
-    norms = [layer_norm(_quadratic(coeffs[i], gram, coeffs[i])) for i in range(num_domains)]
-    mu = sum(norms) / num_domains
-    sigma = jnp.sqrt(sum((n - mu) ** 2 for n in norms) / num_domains)
-    # Ties and rounding residues (a layer the projections emptied) are not dominant: the
-    # test allows a slack relative to the layer's original gradient norms.
-    original_mu = sum(layer_norm(gram[i][i]) for i in range(num_domains)) / num_domains
-    slack = _TIE_RTOL[jnp.dtype(mu.dtype)] * original_mu
-    deviations = [jnp.abs(n - mu) if two_sided else n - mu for n in norms]
-    dominant = [dev > sigma + slack for dev in deviations]  # (num_layers,) each
-    if two_sided:
-        included = [~d for d in dominant]
-    else:
-        included = [jnp.ones_like(d) for d in dominant]
-    count = jnp.maximum(sum(inc.astype(mu.dtype) for inc in included), 1)
-    # Expand the per-layer decisions to the pieces.
-    dominant_pieces = [d[layer_of_piece] for d in dominant]
-    weight = [(inc.astype(mu.dtype) / count)[layer_of_piece] for inc in included]
-    mean = [sum(weight[i] * coeffs[i][m] for i in range(num_domains))
-            for m in range(num_domains)]
-    alpha = jnp.asarray(alpha, mu.dtype)
-    smoothed = [
-        [jnp.where(dominant_pieces[i], alpha * coeffs[i][m] + (1 - alpha) * mean[m],
-                   coeffs[i][m]) for m in range(num_domains)]
-        for i in range(num_domains)
-    ]
-    num_dominant = sum(d.sum(dtype=jnp.float32) for d in dominant)
-    return smoothed, num_dominant
+    norms = layer_norm(_bilinear(coeffs, gram, coeffs))
+    mu = norms.mean(-1, keepdims=True)
+    sigma = jnp.sqrt(((norms - mu) ** 2).mean(-1, keepdims=True))
+    # Ties and rounding residues (a layer the projections emptied) are not dominant.
+    original_mu = layer_norm(jnp.diagonal(gram, axis1=1, axis2=2)).mean(-1, keepdims=True)
+    deviation = jnp.abs(norms - mu) if two_sided else norms - mu
+    dominant = deviation > sigma + _TIE_RTOL[dtype] * original_mu  # (layers, D)
+    included = ~dominant if two_sided else jnp.ones_like(dominant)
+    weight = included.astype(dtype)
+    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1)
+    mean = (weight[layer_of_piece][:, :, None] * coeffs).sum(1)  # (K, D)
+    alpha = jnp.asarray(alpha, dtype)
+    smoothed = jnp.where(dominant[layer_of_piece][:, :, None],
+                         alpha * coeffs + (1 - alpha) * mean[:, None, :], coeffs)
+    return smoothed, dominant.sum(dtype=jnp.float32)
 
 
 def _check_options(
@@ -279,20 +251,19 @@ def gradient_surgery(
         ]
         flats = [leaf.reshape(num_domains, -1) for leaf in leaves]
         # 2. Piece Gram matrices: the first pass over the data.
-        leaf_grams = [piece_gram(flat, p) for flat, p in zip(flats, pieces, strict=True)]
-        gram = _concatenate_grams(leaf_grams)
+        gram = jnp.concatenate([piece_gram(flat, p) for flat, p in zip(flats, pieces,
+                                                                      strict=True)])
         layer_of_piece = np.repeat(np.arange(len(leaves)), [p.num_pieces for p in pieces])
         # 3. Projection of conflicting pieces.
-        onehots = domain_orders(num_domains, key, shuffle=shuffle)
+        orders = domain_orders(num_domains, key, shuffle=shuffle)
         if granularity == "model":  # one piece: the whole model
-            model_gram = [[g.sum(keepdims=True) for g in row] for row in gram]
-            coeffs, tests, conflicts, ratio_sum = project_conflicts(
-                model_gram, onehots, sequential=official)
-            coeffs = [[jnp.broadcast_to(c, layer_of_piece.shape) for c in row]
-                      for row in coeffs]
+            coeffs, conflicts, ratio_sum = project_conflicts(
+                gram.sum(0, keepdims=True), orders, sequential=official)
+            coeffs = jnp.broadcast_to(coeffs, gram.shape)
+            tests = num_domains * (num_domains - 1)
         else:
-            coeffs, tests, conflicts, ratio_sum = project_conflicts(
-                gram, onehots, sequential=official)
+            coeffs, conflicts, ratio_sum = project_conflicts(gram, orders, sequential=official)
+            tests = num_domains * (num_domains - 1) * gram.shape[0]
         # 4. Smoothing of dominant gradients.
         num_dominant = jnp.zeros((), jnp.float32)
         if alpha is not None:
@@ -300,34 +271,22 @@ def gradient_surgery(
             coeffs, num_dominant = smooth_dominant(
                 coeffs, gram, layer_of_piece, len(leaves), alpha_now, two_sided=official)
         # 5. Sum over domains: the second pass over the data.
-        scale = 1.0 / num_domains if reduction == "mean" else 1.0
-        weights = [scale * sum(coeffs[i][m] for i in range(num_domains))
-                   for m in range(num_domains)]
+        weights = coeffs.sum(1)  # (K, D): sum_i c[k, i, m]
+        if reduction == "mean":
+            weights = weights / num_domains
         outputs, start = [], 0
         for leaf, flat, p in zip(leaves, flats, pieces, strict=True):
-            leaf_weights = [w[start:start + p.num_pieces] for w in weights]
+            leaf_weights = weights[start:start + p.num_pieces]
             start += p.num_pieces
             outputs.append(combine_pieces(flat, leaf_weights, p).reshape(leaf.shape[1:]))
         diagnostics = base.Diagnostics(
-            modification_frequency=conflicts / jnp.maximum(tests, 1),
+            modification_frequency=conflicts / max(tests, 1),
             modification_ratio=ratio_sum / jnp.maximum(conflicts, 1),
             dominant_fraction=num_dominant / (num_domains * len(leaves)),
         )
         return outputs, diagnostics
 
     return base.stacked_transformation(aggregate, seed=seed, name=name)
-
-
-def _concatenate_grams(leaf_grams: Sequence[Gram]) -> Gram:
-    num_domains = len(leaf_grams[0])
-    if len(leaf_grams) == 1:
-        return leaf_grams[0]
-    columns = {
-        (a, b): jnp.concatenate([g[a][b] for g in leaf_grams])
-        for a in range(num_domains) for b in range(a, num_domains)
-    }
-    return [[columns[min(a, b), max(a, b)] for b in range(num_domains)]
-            for a in range(num_domains)]
 
 
 def corgrad(

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 GRANULARITIES = ("model", "layer", "slice", "element")
@@ -37,8 +37,6 @@ VARIANTS = ("paper", "official")
 
 _BLOCK = 512  # elements per block of the blocked variadic reduction
 
-Gram = list[list[jax.Array]]
-"""``gram[a][b]``: the inner products of domains a and b, one per piece (symmetric)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +58,39 @@ class LeafPieces:
     @property
     def tail_length(self) -> int:
         return self.size - self.full_pieces * self.piece_length
+
+    @property
+    def blocked(self) -> bool:
+        """Long pieces are read in blocks of ``_BLOCK`` elements (see :class:`BlockPlan`)."""
+        return self.piece_length >= 2 * _BLOCK
+
+    def block_plan(self) -> BlockPlan:
+        num_blocks = self.size // _BLOCK
+        starts = np.arange(num_blocks) * _BLOCK
+        piece_of_block = starts // self.piece_length
+        straddles = piece_of_block != (starts + _BLOCK - 1) // self.piece_length
+        irregular = np.concatenate(
+            [np.arange(start, start + _BLOCK) for start in starts[straddles]]
+            + [np.arange(num_blocks * _BLOCK, self.size)]).astype(np.int32)
+        return BlockPlan(num_blocks, piece_of_block.astype(np.int32), ~straddles,
+                         irregular, (irregular // self.piece_length).astype(np.int32))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockPlan:
+    """How a leaf with long pieces is read: as a prefix of ``num_blocks`` whole blocks of
+    ``_BLOCK`` elements, each inside one piece (``regular``) or straddling two, plus the
+    short remainder. The elements of straddling blocks and of the remainder are the
+    ``irregular`` ones, gathered and handled element by element (at most ``_BLOCK`` per
+    piece boundary). Reading the prefix as ``(num_blocks, _BLOCK)`` is a free reshape; a
+    ``(K, L)`` view with ``L`` no multiple of the block would need strided slices, which
+    XLA:CPU did not fuse (10x slower at D = 5)."""
+
+    num_blocks: int
+    piece_of_block: np.ndarray
+    regular: np.ndarray
+    irregular: np.ndarray
+    piece_of_irregular: np.ndarray
 
 
 def leaf_pieces(
@@ -104,78 +135,92 @@ def _pair_sums(pieces: jax.Array, axis: int) -> list[jax.Array]:
     )
 
 
-def _blocked_pair_sums(pieces: jax.Array) -> list[jax.Array]:
-    """``pieces`` is ``(D, K, L)``; returns the pair sums over L, each ``(K,)``."""
-    num_domains, num_pieces, length = pieces.shape
-    blocks = length // _BLOCK
-    if blocks < 2:
-        return _pair_sums(pieces, axis=2)
-    body = pieces[:, :, : blocks * _BLOCK].reshape(num_domains, num_pieces, blocks, _BLOCK)
-    sums = [partial.sum(axis=-1) for partial in _pair_sums(body, axis=3)]
-    if length > blocks * _BLOCK:
-        rest = _pair_sums(pieces[:, :, blocks * _BLOCK :], axis=2)
-        sums = [s + r for s, r in zip(sums, rest, strict=True)]
-    return sums
-
-
-def piece_gram(flat: jax.Array, pieces: LeafPieces) -> Gram:
-    """First pass: every piece's Gram matrix, ``gram[a][b]`` of shape ``(num_pieces,)``.
+def piece_gram(flat: jax.Array, pieces: LeafPieces) -> jax.Array:
+    """First pass: every piece's Gram matrix, ``(num_pieces, D, D)``.
 
     Args:
       flat: ``(D, P)`` per-domain gradients of one leaf, flattened.
       pieces: how the leaf is cut.
     """
     num_domains = flat.shape[0]
+    if pieces.size == 0:
+        return jnp.zeros((0, num_domains, num_domains), flat.dtype)
     if pieces.piece_length == 1:  # element granularity: the products are the Gram entries
         sums = [flat[a] * flat[b] for a in range(num_domains) for b in range(a, num_domains)]
-    else:
+    elif pieces.blocked:
+        plan = pieces.block_plan()
+        count = pieces.num_pieces
+        body = flat[:, : plan.num_blocks * _BLOCK].reshape(num_domains, plan.num_blocks, _BLOCK)
+        block_sums = _pair_sums(body, axis=2)  # sequential within a block only
+        regular = jnp.asarray(plan.regular, flat.dtype)
+        sums = [jax.ops.segment_sum(b * regular, plan.piece_of_block, count,
+                                    indices_are_sorted=True) for b in block_sums]
+        if plan.irregular.size:
+            loose = flat[:, plan.irregular]
+            pair = ((a, b) for a in range(num_domains) for b in range(a, num_domains))
+            sums = [total + jax.ops.segment_sum(loose[a] * loose[b], plan.piece_of_irregular,
+                                                count, indices_are_sorted=True)
+                    for total, (a, b) in zip(sums, pair, strict=True)]
+    else:  # short pieces: one sequential reduction each is accurate enough
         parts: list[list[jax.Array]] = []
         full = pieces.full_pieces * pieces.piece_length
         if pieces.full_pieces:
             body = flat[:, :full].reshape(num_domains, pieces.full_pieces, pieces.piece_length)
-            parts.append(_blocked_pair_sums(body))
+            parts.append(_pair_sums(body, axis=2))
         if pieces.tail_length:
-            parts.append(_blocked_pair_sums(flat[:, full:].reshape(num_domains, 1, -1)))
-        if not parts:  # a zero-size leaf
-            sums = [jnp.zeros((0,), flat.dtype)] * (num_domains * (num_domains + 1) // 2)
-        else:
-            sums = [jnp.concatenate(column) if len(column) > 1 else column[0]
-                    for column in zip(*parts, strict=True)]
-    gram: Gram = [[None] * num_domains for _ in range(num_domains)]  # type: ignore[list-item]
-    pairs = ((a, b) for a in range(num_domains) for b in range(a, num_domains))
-    for (a, b), value in zip(pairs, sums, strict=True):
-        gram[a][b] = gram[b][a] = value
-    return gram
+            parts.append(_pair_sums(flat[:, full:].reshape(num_domains, 1, -1), axis=2))
+        sums = [jnp.concatenate(column) if len(column) > 1 else column[0]
+                for column in zip(*parts, strict=True)]
+    index = {}
+    for n, (a, b) in enumerate((a, b) for a in range(num_domains)
+                               for b in range(a, num_domains)):
+        index[a, b] = index[b, a] = n
+    return jnp.stack([sums[index[a, b]] for a in range(num_domains)
+                      for b in range(num_domains)], axis=-1).reshape(-1, num_domains, num_domains)
 
 
-def combine_pieces(
-    flat: jax.Array, weights: Sequence[jax.Array], pieces: LeafPieces
-) -> jax.Array:
-    """Second pass: ``out^k = sum_m weights[m][k] * g_m^k``, one write of P elements.
+def combine_pieces(flat: jax.Array, weights: jax.Array, pieces: LeafPieces) -> jax.Array:
+    """Second pass: ``out^k = sum_m weights[k, m] g_m^k``, one write of P elements.
 
     Args:
       flat: ``(D, P)`` per-domain gradients of one leaf.
-      weights: D arrays of shape ``(num_pieces,)``.
+      weights: ``(num_pieces, D)``.
       pieces: how the leaf is cut.
 
     Returns:
       The ``(P,)`` combined gradient.
     """
     num_domains = flat.shape[0]
-    if pieces.num_pieces <= 1 or pieces.piece_length == 1:
-        scale = (lambda w: w[0]) if pieces.piece_length != 1 else (lambda w: w)
-        if pieces.size == 0:
-            return jnp.zeros((0,), flat.dtype)
-        out = scale(weights[0]) * flat[0]
-        for m in range(1, num_domains):
-            out = out + scale(weights[m]) * flat[m]
-        return out
-    # Repeat each piece's weight over its elements; XLA fuses broadcast, reshape and
-    # slice into the elementwise loop, so no P-sized weight array is materialized.
-    length, count = pieces.piece_length, pieces.num_pieces
-    out = None
-    for m in range(num_domains):
-        per_element = jnp.broadcast_to(weights[m][:, None], (count, length)).reshape(-1)
-        term = per_element[: pieces.size] * flat[m]
-        out = term if out is None else out + term
+    if pieces.size == 0:
+        return jnp.zeros((0,), flat.dtype)
+    if pieces.piece_length == 1:  # element granularity: one weight per element
+        return _weighted_sum(flat, [weights[:, m] for m in range(num_domains)])
+    if pieces.num_pieces == 1:
+        return _weighted_sum(flat, [weights[0, m] for m in range(num_domains)])
+    if not pieces.blocked:
+        per_element = jnp.repeat(weights, pieces.piece_length, axis=0,
+                                 total_repeat_length=pieces.size)
+        return _weighted_sum(flat, [per_element[:, m] for m in range(num_domains)])
+    plan = pieces.block_plan()
+    prefix = plan.num_blocks * _BLOCK
+    block_weights = weights[plan.piece_of_block]  # (num_blocks, D)
+    out = _weighted_sum(
+        flat[:, :prefix],
+        [jnp.broadcast_to(block_weights[:, m, None], (plan.num_blocks, _BLOCK)).reshape(-1)
+         for m in range(num_domains)])
+    if prefix < pieces.size:
+        out = jnp.concatenate([out, jnp.zeros((pieces.size - prefix,), out.dtype)])
+    if plan.irregular.size:
+        loose_weights = weights[plan.piece_of_irregular]
+        loose = _weighted_sum(flat[:, plan.irregular],
+                              [loose_weights[:, m] for m in range(num_domains)])
+        out = out.at[plan.irregular].set(loose, indices_are_sorted=True, unique_indices=True)
+    return out
+
+
+def _weighted_sum(flat: jax.Array, weights: list[jax.Array]) -> jax.Array:
+    """``sum_m weights[m] * flat[m]`` as explicit adds (``x.sum(0)`` is slow on XLA:CPU)."""
+    out = weights[0] * flat[0]
+    for m in range(1, flat.shape[0]):
+        out = out + weights[m] * flat[m]
     return out
