@@ -32,8 +32,11 @@ from corgrad_jax._src import base
 from corgrad_jax._src.pieces import (
     GRANULARITIES,
     VARIANTS,
+    SMALL_LEAF,
     LeafPieces,
     combine_pieces,
+    group_combine,
+    group_gram,
     leaf_pieces,
     piece_gram,
 )
@@ -180,8 +183,7 @@ def smooth_dominant(
     dtype = jnp.dtype(gram.dtype)
 
     def layer_norm(piece_norm2: jax.Array) -> jax.Array:  # (K, D) -> (layers, D)
-        total = jax.ops.segment_sum(piece_norm2, layer_of_piece, num_layers,
-                                    indices_are_sorted=True)
+        total = jax.ops.segment_sum(piece_norm2, layer_of_piece, num_layers)
         return jnp.sqrt(jnp.maximum(total, 0))
 
     norms = layer_norm(_bilinear(coeffs, gram, coeffs))
@@ -250,10 +252,17 @@ def gradient_surgery(
             for leaf in leaves
         ]
         flats = [leaf.reshape(num_domains, -1) for leaf in leaves]
+        # Small leaves are handled as one group, large ones one by one; the pieces of
+        # the group come first in the coefficient arrays.
+        small = [k for k, p in enumerate(pieces) if p.size <= SMALL_LEAF]
+        large = [k for k, p in enumerate(pieces) if p.size > SMALL_LEAF]
+        order = small + large
         # 2. Piece Gram matrices: the first pass over the data.
-        gram = jnp.concatenate([piece_gram(flat, p) for flat, p in zip(flats, pieces,
-                                                                      strict=True)])
-        layer_of_piece = np.repeat(np.arange(len(leaves)), [p.num_pieces for p in pieces])
+        grams = [piece_gram(flats[k], pieces[k]) for k in large]
+        if small:
+            grams.insert(0, group_gram([flats[k] for k in small], [pieces[k] for k in small]))
+        gram = jnp.concatenate(grams) if len(grams) > 1 else grams[0]
+        layer_of_piece = np.repeat(np.array(order), [pieces[k].num_pieces for k in order])
         # 3. Projection of conflicting pieces.
         orders = domain_orders(num_domains, key, shuffle=shuffle)
         if granularity == "model":  # one piece: the whole model
@@ -274,11 +283,18 @@ def gradient_surgery(
         weights = coeffs.sum(1)  # (K, D): sum_i c[k, i, m]
         if reduction == "mean":
             weights = weights / num_domains
-        outputs, start = [], 0
-        for leaf, flat, p in zip(leaves, flats, pieces, strict=True):
-            leaf_weights = weights[start:start + p.num_pieces]
-            start += p.num_pieces
-            outputs.append(combine_pieces(flat, leaf_weights, p).reshape(leaf.shape[1:]))
+        outputs: list[jax.Array] = [None] * len(leaves)  # type: ignore[list-item]
+        start = sum(pieces[k].num_pieces for k in small)
+        if small:
+            combined = group_combine([flats[k] for k in small], weights[:start],
+                                     [pieces[k] for k in small])
+            for k, out in zip(small, combined, strict=True):
+                outputs[k] = out.reshape(leaves[k].shape[1:])
+        for k in large:
+            leaf_weights = weights[start:start + pieces[k].num_pieces]
+            start += pieces[k].num_pieces
+            outputs[k] = combine_pieces(flats[k], leaf_weights, pieces[k]).reshape(
+                leaves[k].shape[1:])
         diagnostics = base.Diagnostics(
             modification_frequency=conflicts / max(tests, 1),
             modification_ratio=ratio_sum / jnp.maximum(conflicts, 1),
