@@ -1,0 +1,19 @@
+"""The docstring examples of the public API run and print what they claim."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.agreement",
+           "corgrad_jax._src.per_domain"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
