@@ -1,0 +1,71 @@
+"""Speed of the official PyTorch ``correct_grad`` on ResNet18's parameters, against the
+same NumPy memory floor as ``bench_corgrad.py`` (ratios, measured in one run).
+
+Needs torch (a CPU build) and a checkout of the official repository; neither is a
+dependency of this project and no official code is shipped here::
+
+    pip install torch==2.13.0
+    python benchmarks/bench_official_torch.py --official-repo PATH/TO/CorGrad
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import median_time, resnet18_shapes  # noqa: E402
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official-repo", required=True)
+    parser.add_argument("--domains", type=int, nargs="+", default=[3, 5])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    spec = importlib.util.spec_from_file_location(
+        "official_gradient", os.path.join(args.official_repo, "domainbed", "gradient.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.set_num_threads(os.cpu_count() or 1)
+    shapes = resnet18_shapes()
+    total = sum(int(np.prod(s)) for s in shapes)
+    print(f"official correct_grad, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| D | time (ms) | x floor |\n|---|---:|---:|")
+    for num_domains in args.domains:
+        rng = np.random.default_rng(0)
+        flat = [rng.standard_normal(total, dtype=np.float32) for _ in range(num_domains)]
+
+        def floor(flat=flat) -> None:
+            out = flat[0] + flat[1]
+            for extra in flat[2:]:
+                out += extra
+
+        floor_time = median_time(floor, 15)
+        grads = []
+        for f in flat:
+            tensors, offset = [], 0
+            for shape in shapes:
+                size = int(np.prod(shape))
+                tensors.append(torch.from_numpy(f[offset:offset + size].reshape(shape)))
+                offset += size
+            grads.append(tensors)
+
+        def official(grads=grads, num_domains=num_domains) -> None:
+            fresh = [[t.clone() for t in domain] for domain in grads]  # it works in place
+            new_grads, _, _ = module.correct_grad(fresh, 10, 0.6)
+            [sum(layer) for layer in new_grads]  # the sum set_all_grads takes
+
+        official()
+        seconds = median_time(official, args.repeats)
+        print(f"| {num_domains} | {seconds * 1e3:.0f} | {seconds / floor_time:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
