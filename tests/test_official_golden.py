@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from oracle import corgrad_oracle
 
 from corgrad_jax import corgrad

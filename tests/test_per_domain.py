@@ -34,10 +34,10 @@ def test_methods_agree_with_separate_grads(problem, method):
         params, batch)
     assert losses.shape == (4,)
     for d in range(4):
-        domain = jax.tree.map(lambda x: x[d], batch)
+        domain = jax.tree.map(lambda x, d=d: x[d], batch)
         loss, grad = jax.value_and_grad(loss_fn)(params, domain)
         np.testing.assert_allclose(losses[d], loss, rtol=1e-5)
-        chex.assert_trees_all_close(jax.tree.map(lambda g: g[d], grads), grad, rtol=1e-4,
+        chex.assert_trees_all_close(jax.tree.map(lambda g, d=d: g[d], grads), grad, rtol=1e-4,
                                     atol=1e-6)
 
 

@@ -20,11 +20,13 @@ SCRIPT = textwrap.dedent(
              "bias": jax.random.normal(keys[2], (4, 10))}
     mesh = Mesh(np.array(jax.devices()), ("x",))
     by_domain = jax.tree.map(lambda g: jax.device_put(g, NamedSharding(mesh, P("x"))), grads)
-    by_param = {"conv": jax.device_put(grads["conv"], NamedSharding(mesh, P(None, None, None, None, "x"))),
-                "dense": jax.device_put(grads["dense"], NamedSharding(mesh, P(None, "x"))),
-                "bias": jax.device_put(grads["bias"], NamedSharding(mesh, P()))}
+    def put(x, *spec):
+        return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+    by_param = {"conv": put(grads["conv"], None, None, None, None, "x"),
+                "dense": put(grads["dense"], None, "x"), "bias": put(grads["bias"])}
     for tx in (corgrad(num_slices=10), corgrad(variant="official"), pcgrad(), and_mask()):
-        single = jax.jit(tx.update)(jax.tree.map(lambda g: jax.device_put(g, jax.devices()[0]), grads), tx.init(None))[0]
+        one_device = jax.tree.map(lambda g: jax.device_put(g, jax.devices()[0]), grads)
+        single = jax.jit(tx.update)(one_device, tx.init(None))[0]
         for sharded in (by_domain, by_param):
             out, _ = jax.jit(tx.update)(sharded, tx.init(None))
             assert len(jax.tree.leaves(out)[0].sharding.device_set) >= 1

@@ -24,7 +24,8 @@ import numpy as np
 
 CASES = {
     # name: (num_domains, num_slices, alpha, parameter shapes in PyTorch layout, seed)
-    "d3_resnet_like": (3, 10, 0.6, [(16, 3, 3, 3), (32,), (32,), (32, 16, 3, 3), (5, 32), (5, 3)], 0),
+    "d3_resnet_like": (
+        3, 10, 0.6, [(16, 3, 3, 3), (32,), (32,), (32, 16, 3, 3), (5, 32), (5, 3)], 0),
     "d4_small_rows": (4, 10, 0.6, [(6, 8, 3, 3), (24, 7), (40,)], 1),
     "d5_alpha_03": (5, 4, 0.3, [(12, 6, 3, 3), (20,), (9, 12)], 2),
     "d3_one_slice": (3, 1, 0.6, [(8, 4, 3, 3), (8,)], 3),

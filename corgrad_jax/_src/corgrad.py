@@ -31,8 +31,8 @@ import optax
 from corgrad_jax._src import base
 from corgrad_jax._src.pieces import (
     GRANULARITIES,
-    VARIANTS,
     SMALL_LEAF,
+    VARIANTS,
     LeafPieces,
     combine_pieces,
     group_combine,
@@ -179,7 +179,6 @@ def smooth_dominant(
     Returns:
       The smoothed coefficients and the number of (domain, layer) pairs smoothed.
     """
-    num_domains = gram.shape[-1]
     dtype = jnp.dtype(gram.dtype)
 
     def layer_norm(piece_norm2: jax.Array) -> jax.Array:  # (K, D) -> (layers, D)
