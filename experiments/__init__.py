@@ -1,0 +1,12 @@
+"""A DomainBed-style Flax trainer for CorGrad and the gradient-surgery family.
+
+Commands (DomainBed's names)::
+
+    python -m experiments.train            # one run
+    python -m experiments.sweep            # every test env x algorithm x trial
+    python -m experiments.collect_results DIR   # the results table, in markdown
+    python -m experiments.main_job         # a short ERM vs CorGrad comparison on CPU
+
+Every algorithm is an optax transformation of stacked per-domain gradients from
+:mod:`corgrad_jax`, chained with Adam (:mod:`experiments.algorithms`).
+"""

@@ -1,0 +1,127 @@
+"""The pure functions of training: ``create_train_state``, ``train_step``, ``eval_step``.
+
+As in flax/examples: the state is a :class:`flax.training.train_state.TrainState`
+(``apply_fn`` and ``tx`` are static fields), the steps are pure functions of it, jitted
+by the caller (:mod:`experiments.train`), so they can be wrapped with shardings later.
+
+One training step: every training domain's minibatch (stacked on axis 0) gives one loss
+and one gradient, stacked ``(D, *param.shape)`` by
+:func:`corgrad_jax.per_domain_gradients`; ``tx`` (the algorithm chained with Adam)
+turns them into one update. BatchNorm statistics (ResNet-18) are frozen: they live in
+``batch_stats``, outside the optimizer and outside the stacked gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+import corgrad_jax
+from experiments.algorithms import diagnostics
+
+PyTree = Any
+
+
+class TrainState(train_state.TrainState):
+    """Flax's ``TrainState`` plus the frozen ``batch_stats`` (empty for MNIST_CNN)."""
+
+    batch_stats: PyTree
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def init_variables(model: nn.Module, input_shape: tuple[int, ...], key: jax.Array) -> PyTree:
+    """``model``'s variables for inputs of ``input_shape`` (H, W, C), in one compilation."""
+    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
+def create_train_state(
+    key: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, ...],
+    variables: PyTree | None = None,
+    *,
+    init_tx: optax.GradientTransformation | None = None,
+) -> TrainState:
+    """Initializes the model on ``input_shape`` (H, W, C) and the optimizer.
+
+    Args:
+        key: PRNG key of the initialization.
+        model: a Flax module called as ``model.apply(variables, x, train=...)``.
+        tx: the optimizer, taking stacked per-domain gradients.
+        input_shape: one example's shape.
+        variables: ready-made variables (e.g. pretrained) to use instead of ``key``'s.
+        init_tx: the transformation whose ``init`` makes the optimizer state, when not
+            ``tx``: the same algorithm with another ``seed``, whose ``update`` is the
+            same function, so that runs with different seeds share one compilation.
+    """
+    if variables is None:
+        variables = init_variables(model, tuple(input_shape), key)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=(init_tx or tx).init(params),
+        batch_stats=variables.get("batch_stats", {}),
+    )
+
+
+def _variables(state: TrainState, params: PyTree) -> dict[str, PyTree]:
+    variables = {"params": params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    dropout_key: jax.Array,
+    *,
+    gradient_method: str = "loop",
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update from one minibatch per training domain.
+
+    Args:
+        state: the train state.
+        batch: ``{"x": (D, B, H, W, C), "y": (D, B)}``.
+        dropout_key: this step's key; domain d's dropout uses its d-th split.
+        gradient_method: how :func:`corgrad_jax.per_domain_gradients` computes the
+            per-domain gradients (``"loop"``, ``"vmap"`` or ``"vjp"``).
+
+    Returns:
+        The new state, and the metrics ``loss`` (mean of the domain losses) and the
+        algorithm's diagnostics (modification frequency and ratio, dominant fraction).
+    """
+    num_domains = batch["y"].shape[0]
+    stacked = {**batch, "dropout_key": jax.random.split(dropout_key, num_domains)}
+
+    def domain_loss(params: PyTree, domain_batch: dict[str, jax.Array]) -> jax.Array:
+        logits = state.apply_fn(
+            _variables(state, params),
+            domain_batch["x"],
+            train=True,
+            rngs={"dropout": domain_batch["dropout_key"]},
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, domain_batch["y"]).mean()
+
+    losses, grads = corgrad_jax.per_domain_gradients(
+        domain_loss, state.params, stacked, method=gradient_method
+    )
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": jnp.mean(losses), **diagnostics(state.opt_state)}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+    """The number of correct predictions in ``batch`` (``x``, ``y``, 0/1 ``mask``)."""
+    logits = state.apply_fn(_variables(state, state.params), batch["x"], train=False)
+    correct = (jnp.argmax(logits, axis=-1) == batch["y"]) & batch["mask"]
+    return jnp.sum(correct, dtype=jnp.int32)

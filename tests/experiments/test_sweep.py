@@ -1,0 +1,75 @@
+"""Tests of :mod:`experiments.sweep`: the run list, skipping and resuming runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from trainer_helpers import TINY_HPARAMS, comparable
+
+from experiments import collect_results, outputs
+from experiments.seeding import seed_hash
+from experiments.sweep import SweepConfig, make_configs, run_sweep
+
+
+def _sweep(output_dir: Path, **overrides) -> SweepConfig:
+    values = dict(
+        output_dir=str(output_dir),
+        algorithms=("erm", "corgrad"),
+        test_envs=(0, 1),
+        n_trials=1,
+        steps=4,
+        checkpoint_freq=2,
+        hparams=dict(TINY_HPARAMS),
+        max_eval_examples=32,
+    )
+    values.update(overrides)
+    return SweepConfig(**values)
+
+
+def test_every_test_env_algorithm_hparams_draw_and_trial_is_a_run(tmp_path: Path) -> None:
+    configs = make_configs(
+        SweepConfig(
+            output_dir=str(tmp_path),
+            datasets=("ColoredMNIST",),
+            algorithms=("erm", "pcgrad"),
+            n_hparams=2,
+            n_trials=3,
+        )
+    )
+    assert len(configs) == 3 * 2 * 3 * 2  # test envs x algorithms x hparams x trials
+    assert len({c.output_dir for c in configs}) == len(configs)
+    keys = {(c.test_envs, c.algorithm, c.hparams_seed, c.trial_seed) for c in configs}
+    assert len(keys) == len(configs)
+    for config in configs:  # DomainBed's seed of a run
+        assert config.seed == seed_hash(
+            "ColoredMNIST",
+            config.algorithm,
+            list(config.test_envs),
+            config.hparams_seed,
+            config.trial_seed,
+        )
+    assert [c.trial_seed for c in configs] == sorted(c.trial_seed for c in configs)
+
+
+def test_a_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path: Path) -> None:
+    lines: list[str] = []
+    run_dirs = run_sweep(_sweep(tmp_path), log=lines.append)
+    assert len(run_dirs) == 4 and all((d / outputs.DONE).exists() for d in run_dirs)
+    records = {d: outputs.read_records(d / outputs.RESULTS) for d in run_dirs}
+    table = collect_results.results_table(collect_results.load_runs(tmp_path))
+    assert "| ERM |" in table and "| CorGrad |" in table and "| Algorithm | 0 | 15 | Avg |" in table
+
+    # Interrupt one run after its checkpoint of step 2, then sweep again.
+    interrupted = run_dirs[1]
+    (interrupted / outputs.DONE).unlink()
+    shutil.rmtree(interrupted / outputs.CHECKPOINTS / "3")
+    mtimes = {d: (d / outputs.RESULTS).stat().st_mtime_ns for d in run_dirs}
+    lines.clear()
+    run_sweep(_sweep(tmp_path), log=lines.append)
+    assert sum("finished already" in line for line in lines) == 3
+    assert sum("resumed from the checkpoint of step 2" in line for line in lines) == 1
+    for d in run_dirs:
+        assert comparable(outputs.read_records(d / outputs.RESULTS)) == comparable(records[d])
+        if d != interrupted:
+            assert (d / outputs.RESULTS).stat().st_mtime_ns == mtimes[d]
