@@ -28,7 +28,7 @@ import optax
 import corgrad_jax as cg
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time, resnet18_shapes  # noqa: E402
+from common import median_time, memory_floor, resnet18_shapes  # noqa: E402
 
 
 def time_update(tx: optax.GradientTransformation, grads: dict, repeats: int
@@ -60,15 +60,7 @@ def main() -> None:
     }
     rows = []
     for num_domains in args.domains:
-        rng = np.random.default_rng(0)
-        flat = [rng.standard_normal(total, dtype=np.float32) for _ in range(num_domains)]
-
-        def floor(flat=flat) -> None:
-            out = flat[0] + flat[1]
-            for extra in flat[2:]:
-                out += extra
-
-        floor_time = median_time(floor, args.repeats)
+        flat, floor_time = memory_floor(num_domains, total, args.repeats)
         grads, offset = {}, 0
         for k, shape in enumerate(shapes):
             size = int(np.prod(shape))

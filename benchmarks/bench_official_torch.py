@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time, resnet18_shapes  # noqa: E402
+from common import median_time, memory_floor, resnet18_shapes  # noqa: E402
 
 
 def main() -> None:
@@ -39,15 +39,7 @@ def main() -> None:
     print(f"official correct_grad, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| D | time (ms) | x floor |\n|---|---:|---:|")
     for num_domains in args.domains:
-        rng = np.random.default_rng(0)
-        flat = [rng.standard_normal(total, dtype=np.float32) for _ in range(num_domains)]
-
-        def floor(flat=flat) -> None:
-            out = flat[0] + flat[1]
-            for extra in flat[2:]:
-                out += extra
-
-        floor_time = median_time(floor, 15)
+        flat, floor_time = memory_floor(num_domains, total, 15)
         grads = []
         for f in flat:
             tensors, offset = [], 0

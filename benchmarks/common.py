@@ -31,3 +31,17 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def memory_floor(num_domains: int, size: int, repeats: int) -> tuple[list[np.ndarray], float]:
+    """D random flat float32 gradients, and the median time of NumPy reading them and
+    writing their sum (``a0 + a1 + ...``): what any aggregation must at least pay."""
+    rng = np.random.default_rng(0)
+    flat = [rng.standard_normal(size, dtype=np.float32) for _ in range(num_domains)]
+
+    def floor() -> None:
+        out = flat[0] + flat[1]
+        for extra in flat[2:]:
+            out += extra
+
+    return flat, median_time(floor, repeats)
