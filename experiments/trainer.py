@@ -81,6 +81,35 @@ def _variables(state: TrainState, params: PyTree) -> dict[str, PyTree]:
     return variables
 
 
+def domain_gradients(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    dropout_key: jax.Array,
+    *,
+    gradient_method: str = "loop",
+) -> tuple[jax.Array, PyTree]:
+    """The cross-entropy of every training domain and its gradient, stacked ``(D, ...)``.
+
+    Domain d's dropout uses the d-th split of ``dropout_key``; ``gradient_method`` is that
+    of :func:`corgrad_jax.per_domain_gradients`.
+    """
+    num_domains = batch["y"].shape[0]
+    stacked = {**batch, "dropout_key": jax.random.split(dropout_key, num_domains)}
+
+    def domain_loss(params: PyTree, domain_batch: dict[str, jax.Array]) -> jax.Array:
+        logits = state.apply_fn(
+            _variables(state, params),
+            domain_batch["x"],
+            train=True,
+            rngs={"dropout": domain_batch["dropout_key"]},
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, domain_batch["y"]).mean()
+
+    return corgrad_jax.per_domain_gradients(
+        domain_loss, state.params, stacked, method=gradient_method
+    )
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -101,21 +130,7 @@ def train_step(
         The new state, and the metrics ``loss`` (mean of the domain losses) and the
         algorithm's diagnostics (modification frequency and ratio, dominant fraction).
     """
-    num_domains = batch["y"].shape[0]
-    stacked = {**batch, "dropout_key": jax.random.split(dropout_key, num_domains)}
-
-    def domain_loss(params: PyTree, domain_batch: dict[str, jax.Array]) -> jax.Array:
-        logits = state.apply_fn(
-            _variables(state, params),
-            domain_batch["x"],
-            train=True,
-            rngs={"dropout": domain_batch["dropout_key"]},
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, domain_batch["y"]).mean()
-
-    losses, grads = corgrad_jax.per_domain_gradients(
-        domain_loss, state.params, stacked, method=gradient_method
-    )
+    losses, grads = domain_gradients(state, batch, dropout_key, gradient_method=gradient_method)
     state = state.apply_gradients(grads=grads)
     return state, {"loss": jnp.mean(losses), **diagnostics(state.opt_state)}
 

@@ -282,15 +282,7 @@ def trace_granularities(
     hparams = get_hparams(
         driver, dataset, hparams_seed=0, trial_seed=0, overrides={"batch_size": batch_size}
     )
-    splits = data.get_dataset(
-        dataset,
-        None,
-        test_envs=tuple(test_envs),
-        holdout_fraction=0.2,
-        trial_seed=0,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    splits = _splits(dataset, test_envs, batch_size=batch_size, seed=seed)
     model = get_model(tuple(splits.input_shape), splits.num_classes, hparams)
     tx = build_optimizer(driver, hparams, seed=seed, total_steps=steps)
     init_key, dropout_root = jax.random.split(jax.random.PRNGKey(seed))
@@ -305,23 +297,7 @@ def trace_granularities(
         batch: dict[str, jax.Array],
         dropout_key: jax.Array,
     ) -> tuple[trainer.TrainState, dict[str, optax.OptState], dict[str, jax.Array]]:
-        # The per-domain gradients as experiments.trainer.train_step computes them.
-        num_domains = batch["y"].shape[0]
-        stacked = {**batch, "dropout_key": jax.random.split(dropout_key, num_domains)}
-
-        def domain_loss(params: PyTree, domain_batch: dict[str, jax.Array]) -> jax.Array:
-            variables = {"params": params}
-            if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats
-            logits = state.apply_fn(
-                variables,
-                domain_batch["x"],
-                train=True,
-                rngs={"dropout": domain_batch["dropout_key"]},
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, domain_batch["y"]).mean()
-
-        losses, grads = corgrad_jax.per_domain_gradients(domain_loss, state.params, stacked)
+        losses, grads = trainer.domain_gradients(state, batch, dropout_key)
         probe_states, metrics = _probe_diagnostics(probes, probe_states, grads, state.params)
         state = state.apply_gradients(grads=grads)
         return state, probe_states, {"loss": losses.mean(), **metrics}
@@ -361,17 +337,15 @@ def trace_granularities(
     )
 
 
+def _splits(dataset: str, test_envs: Sequence[int], *, batch_size: int, seed: int) -> Any:
+    """The trainer's dataset with DomainBed's default split (trial 0, 20% held out)."""
+    return data.get_dataset(dataset, None, test_envs=tuple(test_envs), holdout_fraction=0.2,
+                            trial_seed=0, batch_size=batch_size, seed=seed)
+
+
 def model_params(dataset: str, test_envs: tuple[int, ...]) -> PyTree:
     """Freshly initialized parameters of the trainer's model for ``dataset``."""
-    splits = data.get_dataset(
-        dataset,
-        None,
-        test_envs=tuple(test_envs),
-        holdout_fraction=0.2,
-        trial_seed=0,
-        batch_size=1,
-        seed=0,
-    )
+    splits = _splits(dataset, test_envs, batch_size=1, seed=0)
     model = get_model(tuple(splits.input_shape), splits.num_classes, {})
     return trainer.init_variables(model, tuple(splits.input_shape), jax.random.PRNGKey(0))["params"]
 
