@@ -102,16 +102,13 @@ DEFAULT = AnalysisSettings(
 """Measured end to end on a 2-core CPU: 11.5 min idle, 17.5 min shared with other
 jobs (load average about 5); the REPORT prints each run's own wall time."""
 
-QUICK = AnalysisSettings(
+QUICK = dataclasses.replace(
+    DEFAULT,
     angle_dimensions=(2, 3, 10, 100, 1_000, 100_000),
     angle_max_samples=2_000,
     angle_max_floats=2e7,
-    granularity_dataset="RotatedMNIST",
-    granularity_test_envs=(0,),
-    granularity_driver="corgrad",
     granularity_steps=10,
     granularity_batch_size=4,
-    num_slices=10,
     ablation=ablation.AblationSettings(
         test_envs={"RotatedMNIST": (0,)},
         trials=2,
