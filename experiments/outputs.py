@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 RESULTS = "results.jsonl"
@@ -85,10 +83,13 @@ def read_records(path: Path) -> list[Record]:
     return records
 
 
-def truncate_records(path: Path, last_step: int | None) -> list[Record]:
-    """Keeps the records up to step ``last_step`` (none if None); returns them."""
+def truncate_records(path: Path, last_step: int | None, *, write: bool = True) -> list[Record]:
+    """Keeps the records up to step ``last_step`` (none if None); returns them.
+
+    With ``write=False`` (every process but the writer) the file is only read.
+    """
     kept = [r for r in read_records(path) if last_step is not None and r["step"] <= last_step]
-    if path.exists():
+    if write and path.exists():
         write_atomically(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return kept
 
@@ -119,15 +120,15 @@ class Checkpoints:
         self._manager.wait_until_finished()
 
     def restore(self, step: int, like: Any) -> Any:
-        """The checkpoint of ``step``, with the structure of ``like``.
+        """The checkpoint of ``step``, with the structure and shardings of ``like``.
 
-        The arrays come back uncommitted to a device, like freshly initialized ones, so
-        that a resumed run hits the same compilation (in memory or in JAX's persistent
-        cache) as a fresh one.
+        The arrays come back placed as ``like``'s (a train state on the run's mesh),
+        whatever the device count of the run that saved them: orbax reads each device's
+        shard from the saved global arrays. So a resumed run also hits the same
+        compilation as a fresh one.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf)), restored)
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:
         """Releases the manager's resources."""

@@ -13,6 +13,15 @@ with the metrics of an uninterrupted run; a finished one is left as it is.
 
 Python API: :func:`run` takes a :class:`TrainConfig` (the flags, as a dataclass) and
 returns the records; :func:`main` is the command line (exit code 2 on bad input).
+
+Devices: the run uses every device (``--num_devices`` the first N) on a mesh
+``(domain, data)`` (:mod:`experiments.parallel`): batches split over the data axis,
+``--domain_parallel K`` splits the training domains into K groups of devices, and
+``--param_sharding fsdp`` splits the train state too. On several hosts every process
+runs the same command (``--distributed``). The layout does not change the results (up to
+float rounding), is not part of the run's arguments, and may change on resume. With
+``--dry_run`` the command prints the sharding plan for ``--num_devices`` devices (virtual
+CPU devices when this machine has fewer) and trains nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,14 +43,19 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
-from experiments import data, outputs, trainer
+from experiments import data, outputs, parallel, trainer
 from experiments.algorithms import ALGORITHMS, DIAGNOSTICS, build_optimizer, uses_total_steps
 from experiments.cli import ArgumentParser, ConfigError, json_object
 from experiments.hparams_registry import get_hparams
 from experiments.models import get_model
 
 GRADIENT_METHODS = ("loop", "vmap", "vjp")
+LAYOUT_FIELDS = (
+    "output_dir", "data_dir", "num_devices", "domain_parallel", "param_sharding", "distributed"
+)
+"""Fields of :class:`TrainConfig` that do not change the results, so not in ``args.json``."""
 EVAL_BATCH_SIZE = 64  # fastest per example for MNIST_CNN on a 2-core CPU
 
 
@@ -65,6 +82,14 @@ class TrainConfig:
             CPU), ``vmap`` or ``vjp``.
         max_eval_examples: evaluate at most this many examples per split (None: all);
             for quick tests.
+        num_devices: use the first N devices (None: all of them).
+        domain_parallel: devices along the mesh's domain axis; divides the number of
+            training domains and ``num_devices``.
+        param_sharding: ``replicated`` (every device holds the train state) or ``fsdp``
+            (large leaves split over the data axis).
+        distributed: ``auto``, ``on`` or ``off``: whether to start
+            :func:`jax.distributed.initialize` (auto: when ``JAX_COORDINATOR_ADDRESS``
+            or ``JAX_NUM_PROCESSES`` is set).
     """
 
     dataset: str = "RotatedMNIST"
@@ -82,9 +107,16 @@ class TrainConfig:
     pretrained: str | None = None
     gradient_method: str = "loop"
     max_eval_examples: int | None = None
+    num_devices: int | None = None
+    domain_parallel: int = 1
+    param_sharding: str = "replicated"
+    distributed: str = "auto"
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self, *, check_files: bool = True) -> TrainConfig:
         """This config with the dataset defaults filled in, after checking every field.
+
+        ``check_files=False`` skips the checks of ``data_dir`` and ``pretrained`` (a dry
+        run plans a folder dataset known by name without its files).
 
         Raises:
             ConfigError: a field is invalid (one line, naming it and what was expected).
@@ -103,10 +135,10 @@ class TrainConfig:
                 data.check_test_envs(self.dataset, environments, tuple(self.test_envs))
             except ValueError as error:
                 raise ConfigError(str(error)) from None
-        if data.needs_data_dir(self.dataset) and environments is not None:
+        if check_files and data.needs_data_dir(self.dataset) and environments is not None:
             if self.data_dir is None:
                 raise ConfigError(f"dataset {self.dataset} is read from disk: pass --data_dir")
-        if self.data_dir is not None and data.needs_data_dir(self.dataset):
+        if check_files and self.data_dir is not None and data.needs_data_dir(self.dataset):
             if not Path(self.data_dir).is_dir():
                 raise ConfigError(f"data_dir {self.data_dir} does not exist or is not a directory")
         if self.gradient_method not in GRADIENT_METHODS:
@@ -116,11 +148,22 @@ class TrainConfig:
             )
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
-        for name in ("steps", "checkpoint_freq", "max_eval_examples"):
+        if self.param_sharding not in parallel.PARAM_SHARDINGS:
+            raise ConfigError(
+                f"unknown param_sharding {self.param_sharding!r}; expected one of "
+                f"{', '.join(parallel.PARAM_SHARDINGS)}"
+            )
+        if self.distributed not in parallel.DISTRIBUTED_MODES:
+            raise ConfigError(
+                f"unknown distributed mode {self.distributed!r}; expected one of "
+                f"{', '.join(parallel.DISTRIBUTED_MODES)}"
+            )
+        for name in ("steps", "checkpoint_freq", "max_eval_examples", "num_devices",
+                     "domain_parallel"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
-        if self.pretrained is not None and not Path(self.pretrained).is_file():
+        if check_files and self.pretrained is not None and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights {self.pretrained} do not exist")
         self.run_hparams()
         return dataclasses.replace(
@@ -148,9 +191,10 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
 
     def run_args(self) -> dict[str, Any]:
-        """The arguments that define the run's results: all but where files live."""
+        """The arguments that define the run's results: all but where files and arrays
+        live (:data:`LAYOUT_FIELDS`)."""
         args = dataclasses.asdict(self)
-        for name in ("output_dir", "data_dir"):
+        for name in LAYOUT_FIELDS:
             args.pop(name)
         args["test_envs"] = list(self.test_envs)
         return args
@@ -159,8 +203,28 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------
 # Jitted steps, shared by every run of the process.
 
-_train_step = jax.jit(trainer.train_step, static_argnames=("gradient_method",), donate_argnums=0)
+_train_step = jax.jit(
+    trainer.train_step, static_argnames=("gradient_method", "plan"), donate_argnums=0
+)
 _eval_step = jax.jit(trainer.eval_step)
+
+
+def make_plan(config: TrainConfig, num_domains: int, batch_size: int) -> parallel.ShardingPlan:
+    """The mesh of ``config`` for batches of ``num_domains`` x ``batch_size`` examples.
+
+    Raises:
+        ConfigError: the layout flags do not fit the devices or the batch.
+    """
+    try:
+        return parallel.make_plan(
+            num_domains=num_domains,
+            batch_size=batch_size,
+            num_devices=config.num_devices,
+            domain_parallel=config.domain_parallel,
+            param_sharding=config.param_sharding,
+        )
+    except parallel.PlanError as error:
+        raise ConfigError(str(error)) from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -190,29 +254,45 @@ def evaluate(
     dataset: data.EnvironmentSplits,
     *,
     max_examples: int | None = None,
+    plan: parallel.ShardingPlan | None = None,
 ) -> dict[str, float]:
-    """Accuracy on every environment's ``in`` and ``out`` split: ``env{i}_{split}_acc``."""
+    """Accuracy on every environment's ``in`` and ``out`` split: ``env{i}_{split}_acc``.
+
+    On a ``plan``, every batch is split over all devices, and on several processes each
+    reads an equal share of the split (padded and masked), so every example counts once.
+    """
     state = state.replace(tx=None, opt_state=None)  # one compilation for every algorithm
     batch_size = min(EVAL_BATCH_SIZE, max_examples or EVAL_BATCH_SIZE)
+    place: Callable[[dict[str, np.ndarray]], Any] = lambda batch: batch  # noqa: E731
+    processes, process = 1, 0
+    if plan is not None:
+        batch_size = plan.eval_batch_size(batch_size)
+        place = plan.global_eval_batch
+        processes, process = jax.process_count(), jax.process_index()
+    local_size = batch_size // processes
     counts: dict[str, tuple[list[jax.Array], int]] = {}
     for env in range(len(dataset.environments)):
         for split in ("in", "out"):
-            corrects, total = [], 0
-            for batch in dataset.eval_batches(env, split, batch_size):
-                size = len(batch["y"])
-                if max_examples is not None:
-                    size = min(size, max_examples - total)
-                if size <= 0:
-                    break
+            total = dataset.split_size(env, split)
+            if max_examples is not None:
+                total = min(total, max_examples)
+            share = -(-total // processes)
+            start, stop = min(total, process * share), min(total, (process + 1) * share)
+            batches = dataset.eval_batches(env, split, local_size, start, stop)
+            corrects = []
+            for _ in range(-(-share // local_size)):
+                batch = next(batches, None)  # None: this process's share is exhausted
+                size = 0 if batch is None else min(len(batch["y"]), stop - start)
                 padded = {
-                    "x": np.zeros((batch_size, *batch["x"].shape[1:]), np.float32),
-                    "y": np.zeros(batch_size, np.int32),
-                    "mask": np.arange(batch_size) < size,
+                    "x": np.zeros((local_size, *dataset.input_shape), np.float32),
+                    "y": np.zeros(local_size, np.int32),
+                    "mask": np.arange(local_size) < size,
                 }
-                padded["x"][:size] = batch["x"][:size]
-                padded["y"][:size] = batch["y"][:size]
-                corrects.append(_eval_step(state, padded))
-                total += size
+                if size:
+                    padded["x"][:size] = batch["x"][:size]
+                    padded["y"][:size] = batch["y"][:size]
+                corrects.append(_eval_step(state, place(padded)))
+                start += size
             counts[f"env{env}_{split}_acc"] = (corrects, total)
     return {
         key: float(sum(int(c) for c in corrects) / total) if total else float("nan")
@@ -293,6 +373,10 @@ def run(
     """
     config = config.resolved()
     assert config.steps is not None and config.checkpoint_freq is not None
+    parallel.initialize_distributed(config.distributed)
+    writer = parallel.is_writer()  # process 0 writes; every process checkpoints
+    if not writer:
+        log = lambda _: None  # noqa: E731
     hparams = config.run_hparams()
     exists = check_output_dir(config)
     run_dir = Path(config.output_dir)
@@ -336,15 +420,19 @@ def run(
             variables = load_resnet18_weights(config.pretrained, variables)
         except (ValueError, OSError) as error:  # not a ResNet-18 state dict, unreadable
             raise ConfigError(f"pretrained weights {config.pretrained}: {error}") from None
+    num_domains, batch_size = len(dataset.train_envs), int(hparams["batch_size"])
+    plan = make_plan(config, num_domains, batch_size)
     state = trainer.create_train_state(
         init_key, model, tx, dataset.input_shape, variables, init_tx=init_tx
     )
-    if not exists:
+    state = plan.put_state(state)
+    if not exists and writer:
         _create_output_dir(config)
+    parallel.sync("output_dir")
 
     checkpoints = outputs.Checkpoints(run_dir / outputs.CHECKPOINTS)
     last_checkpoint = checkpoints.latest_step()
-    records = outputs.truncate_records(results_path, last_checkpoint)
+    records = outputs.truncate_records(results_path, last_checkpoint, write=writer)
     start = 0
     if last_checkpoint is not None:
         state = checkpoints.restore(last_checkpoint, state)
@@ -367,12 +455,15 @@ def run(
             on_step(step_and_metrics[0])
 
     for step in range(start, config.steps):
-        batch = dataset.train_batch(step)
+        batch = plan.global_batch(
+            functools.partial(dataset.train_batch, step), num_domains, batch_size
+        )
         state, metrics = _train_step(
             state,
             batch,
             jax.random.fold_in(dropout_root, step),
             gradient_method=config.gradient_method,
+            plan=plan,
         )
         if previous is not None:  # keep one step in flight, report the one before
             finish(previous)
@@ -387,22 +478,140 @@ def run(
         record: dict[str, Any] = {"step": step, **means}
         if steps_per_epoch:
             record["epoch"] = step / steps_per_epoch
-        record.update(evaluate(state, dataset, max_examples=config.max_eval_examples))
+        record.update(evaluate(state, dataset, max_examples=config.max_eval_examples, plan=plan))
         record.update(
             step_time=step_time,
             hparams=hparams,
             args=config.run_args(),
             environments=list(dataset.environments),
         )
-        outputs.append_record(results_path, record)  # the record first, then its checkpoint
+        if writer:  # the record first, then its checkpoint
+            outputs.append_record(results_path, record)
         checkpoints.save(step, state)
         records.append(record)
         log(_format_record(record, config.test_envs, len(dataset.environments)))
         window = []
         window_start = time.perf_counter()
     checkpoints.close()
-    outputs.write_atomically(run_dir / outputs.DONE, "done\n")
+    if writer:
+        outputs.write_atomically(run_dir / outputs.DONE, "done\n")
+    parallel.sync("done")
     return records
+
+
+# ----------------------------------------------------------------------------------------
+# The dry run.
+
+
+def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
+    """The sharding plan of ``config``'s run, without data or training.
+
+    The mesh, then every array of a step (the train state, one batch, the stacked
+    per-domain gradients) with its shape, dtype, partition spec and bytes per device,
+    all from abstract shapes (:func:`jax.eval_shape`): nothing is allocated and folder
+    datasets known by name need no files. ``compile_step`` also compiles the train step
+    for the mesh and adds XLA's memory analysis per device.
+
+    Raises:
+        ConfigError: invalid arguments, or a layout that does not fit.
+    """
+    config = config.resolved(check_files=False)
+    assert config.steps is not None
+    hparams = config.run_hparams()
+    try:
+        shape = data.dataset_shape(config.dataset, config.data_dir, config.test_envs)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from None
+    num_domains, batch_size = len(shape.train_envs), int(hparams["batch_size"])
+    plan = make_plan(config, num_domains, batch_size)
+    model, tx = _model_and_optimizer(
+        shape.input_shape,
+        shape.num_classes,
+        config.algorithm,
+        json.dumps(hparams, sort_keys=True),
+        config.steps if uses_total_steps(config.algorithm, hparams) else 0,
+    )
+    abstract = jax.eval_shape(
+        lambda key: trainer.create_train_state(key, model, tx, shape.input_shape),
+        jax.random.PRNGKey(0),
+    )
+
+    def placed(leaf: Any, spec: PartitionSpec) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=plan.sharding(spec))
+
+    state = jax.tree.map(lambda leaf: placed(leaf, plan.param_spec(leaf.shape)), abstract)
+    batch = {
+        "x": jax.ShapeDtypeStruct((num_domains, batch_size, *shape.input_shape), np.float32),
+        "y": jax.ShapeDtypeStruct((num_domains, batch_size), np.int32),
+    }
+    batch = {name: placed(leaf, plan.batch_sharding.spec) for name, leaf in batch.items()}
+    gradients = jax.tree.map(
+        lambda leaf: placed(
+            jax.ShapeDtypeStruct((num_domains, *leaf.shape), leaf.dtype),
+            plan.gradient_spec((num_domains, *leaf.shape)),
+        ),
+        abstract.params,
+    )
+    parameters = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract.params))
+    lines = [
+        f"run: {config.algorithm} on {shape.name} ({len(shape.environments)} environments, "
+        f"test envs {list(config.test_envs)}), {num_domains} training domains x "
+        f"{batch_size} examples of {shape.input_shape}, {parameters:,} parameters, "
+        f"gradient_method={config.gradient_method}",
+        *plan.describe({
+            "params": state.params,
+            "optimizer state": state.opt_state,
+            "batch_stats": state.batch_stats,
+            "batch": batch,
+            "stacked gradients": gradients,
+        }),
+    ]
+    if compile_step:
+        key = placed(jax.ShapeDtypeStruct((2,), np.uint32), PartitionSpec())
+        compiled = _train_step.lower(
+            state, batch, key, gradient_method=config.gradient_method, plan=plan
+        ).compile()
+        memory = compiled.memory_analysis()
+        if memory is None:
+            lines.append("XLA memory analysis: not available on this backend")
+        else:
+            sizes = {
+                "arguments": memory.argument_size_in_bytes,
+                "outputs": memory.output_size_in_bytes,
+                "aliased": memory.alias_size_in_bytes,
+                "temporaries": memory.temp_size_in_bytes,
+                "code": memory.generated_code_size_in_bytes,
+            }
+            lines.append("XLA memory analysis of the compiled step, per device: " + ", ".join(
+                f"{name} {parallel.format_bytes(size)}" for name, size in sizes.items()
+            ))
+    return lines
+
+
+_DRY_RUN_CHILD = "CORGRAD_JAX_DRY_RUN_DEVICES"
+
+
+def _dry_run(config: TrainConfig, argv: Sequence[str], compile_step: bool) -> int:
+    """Prints the plan; re-runs itself on virtual CPU devices when this machine has fewer
+    than ``--num_devices`` (a plan depends on the device count, not the device kind)."""
+    wanted = config.num_devices
+    if wanted is not None and wanted > jax.device_count() and not os.environ.get(_DRY_RUN_CHILD):
+        if jax.process_count() > 1:
+            raise ConfigError(f"num_devices {wanted} exceeds the {jax.device_count()} devices")
+        environment = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+            f"--xla_force_host_platform_device_count={wanted}".strip(),
+            **{_DRY_RUN_CHILD: str(wanted)},
+        )
+        print(f"planning on {wanted} virtual CPU devices (this machine has "
+              f"{jax.device_count()} {jax.devices()[0].platform} device(s))", flush=True)
+        command = [sys.executable, "-m", "experiments.train", *argv]
+        return subprocess.run(command, env=environment, check=False).returncode
+    for line in plan_lines(config, compile_step=compile_step):
+        print(line)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -431,12 +640,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", default=None, help="torchvision ResNet-18 weights")
     parser.add_argument("--gradient_method", default="loop", help=", ".join(GRADIENT_METHODS))
     parser.add_argument("--max_eval_examples", type=int, default=None, help="per split")
+    devices = parser.add_argument_group("devices (do not change the results)")
+    devices.add_argument("--num_devices", type=int, default=None, help="default: all")
+    devices.add_argument(
+        "--domain_parallel", type=int, default=1, help="devices along the domain axis"
+    )
+    devices.add_argument(
+        "--param_sharding", default="replicated", help=", ".join(parallel.PARAM_SHARDINGS)
+    )
+    devices.add_argument(
+        "--distributed",
+        default="auto",
+        help="start jax.distributed: auto (if JAX_COORDINATOR_ADDRESS or JAX_NUM_PROCESSES "
+        "is set), on (TPU pods, SLURM, Open MPI), off",
+    )
+    devices.add_argument(
+        "--dry_run",
+        nargs="?",
+        const="plan",
+        choices=("plan", "compile"),
+        help="print the sharding plan and exit; 'compile' adds XLA's memory analysis",
+    )
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed flags."""
-    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    names = {field.name for field in dataclasses.fields(TrainConfig)}  # not --dry_run
     values = {key: value for key, value in vars(args).items() if key in names}
     values["test_envs"] = tuple(values["test_envs"])
     return TrainConfig(**values)
@@ -445,20 +675,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     """``python -m experiments.train``: returns the exit code (2 on bad input)."""
     parser = build_parser()
-    config = config_from_args(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
     from tqdm import tqdm
 
     try:
+        if args.dry_run is not None:
+            return _dry_run(config, argv, compile_step=args.dry_run == "compile")
         resolved = config.resolved()
+        parallel.initialize_distributed(resolved.distributed)
         check_output_dir(resolved)
-        with tqdm(total=resolved.steps, desc=resolved.algorithm, unit="step", delay=1) as bar:
+        disable = not parallel.is_writer()
+        with tqdm(
+            total=resolved.steps, desc=resolved.algorithm, unit="step", delay=1, disable=disable
+        ) as bar:
             run(config, on_step=lambda _: bar.update(), log=tqdm.write)
     except ConfigError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     run_dir = Path(config.output_dir)
-    print(f"results: {run_dir / outputs.RESULTS}")
-    print(f"checkpoints: {run_dir / outputs.CHECKPOINTS}")
+    if parallel.is_writer():
+        print(f"results: {run_dir / outputs.RESULTS}")
+        print(f"checkpoints: {run_dir / outputs.CHECKPOINTS}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 As in flax/examples: the state is a :class:`flax.training.train_state.TrainState`
 (``apply_fn`` and ``tx`` are static fields), the steps are pure functions of it, jitted
-by the caller (:mod:`experiments.train`), so they can be wrapped with shardings later.
+by the caller (:mod:`experiments.train`), on one device or on a mesh
+(:mod:`experiments.parallel`).
 
 One training step: every training domain's minibatch (stacked on axis 0) gives one loss
 and one gradient, stacked ``(D, *param.shape)`` by
@@ -24,6 +25,7 @@ from flax.training import train_state
 
 import corgrad_jax
 from experiments.algorithms import diagnostics
+from experiments.parallel import ShardingPlan
 
 PyTree = Any
 
@@ -87,11 +89,14 @@ def domain_gradients(
     dropout_key: jax.Array,
     *,
     gradient_method: str = "loop",
+    plan: ShardingPlan | None = None,
 ) -> tuple[jax.Array, PyTree]:
     """The cross-entropy of every training domain and its gradient, stacked ``(D, ...)``.
 
     Domain d's dropout uses the d-th split of ``dropout_key``; ``gradient_method`` is that
-    of :func:`corgrad_jax.per_domain_gradients`.
+    of :func:`corgrad_jax.per_domain_gradients`. On a ``plan`` whose mesh splits the
+    domain axis, each group of devices computes the gradients of its own domains
+    (:meth:`~experiments.parallel.ShardingPlan.map_domains`).
     """
     num_domains = batch["y"].shape[0]
     stacked = {**batch, "dropout_key": jax.random.split(dropout_key, num_domains)}
@@ -105,9 +110,14 @@ def domain_gradients(
         )
         return optax.softmax_cross_entropy_with_integer_labels(logits, domain_batch["y"]).mean()
 
-    return corgrad_jax.per_domain_gradients(
-        domain_loss, state.params, stacked, method=gradient_method
-    )
+    def gradients(params: PyTree, domains: dict[str, jax.Array]) -> tuple[jax.Array, PyTree]:
+        return corgrad_jax.per_domain_gradients(
+            domain_loss, params, domains, method=gradient_method
+        )
+
+    if plan is not None:  # each group of devices takes its own domains
+        gradients = plan.map_domains(gradients)
+    return gradients(state.params, stacked)
 
 
 def train_step(
@@ -116,6 +126,7 @@ def train_step(
     dropout_key: jax.Array,
     *,
     gradient_method: str = "loop",
+    plan: ShardingPlan | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update from one minibatch per training domain.
 
@@ -125,13 +136,22 @@ def train_step(
         dropout_key: this step's key; domain d's dropout uses its d-th split.
         gradient_method: how :func:`corgrad_jax.per_domain_gradients` computes the
             per-domain gradients (``"loop"``, ``"vmap"`` or ``"vjp"``).
+        plan: where the arrays live on a device mesh (:mod:`experiments.parallel`): the
+            stacked gradients are pinned to its gradient specs and the new state to its
+            state specs; None leaves placement to XLA (one device).
 
     Returns:
         The new state, and the metrics ``loss`` (mean of the domain losses) and the
         algorithm's diagnostics (modification frequency and ratio, dominant fraction).
     """
-    losses, grads = domain_gradients(state, batch, dropout_key, gradient_method=gradient_method)
+    losses, grads = domain_gradients(
+        state, batch, dropout_key, gradient_method=gradient_method, plan=plan
+    )
+    if plan is not None:
+        grads = plan.constrain_gradients(grads)
     state = state.apply_gradients(grads=grads)
+    if plan is not None:
+        state = plan.constrain_state(state)
     return state, {"loss": jnp.mean(losses), **diagnostics(state.opt_state)}
 
 

@@ -9,6 +9,7 @@ directory with one sub-folder per domain) is read from ``data_dir`` by
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from experiments.data.base import Batch as Batch
@@ -77,6 +78,61 @@ def check_test_envs(name: str, environments: tuple[str, ...], test_envs: tuple[i
             f"test envs {list(test_envs)} leave fewer than 2 of {name}'s {len(environments)} "
             "environments to train on; gradient surgery needs at least 2 training domains"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetShape:
+    """What a model and a sharding plan need to know of a dataset, without its data."""
+
+    name: str
+    environments: tuple[str, ...]
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    train_envs: tuple[int, ...]
+
+
+def dataset_shape(name: str, data_dir: str | None, test_envs: tuple[int, ...]) -> DatasetShape:
+    """The environments, classes and input shape of a dataset, read from no image.
+
+    Embedded and DomainBed datasets are known by name (images at 224 x 224); a folder
+    dataset given by path is listed (sorted domain folders, the first domain's class
+    folders).
+
+    Raises:
+        ValueError: unknown name or bad ``test_envs``.
+        FileNotFoundError: a folder dataset given by path that does not exist.
+    """
+    if name in EMBEDDED_DATASETS:
+        environments = EMBEDDED_DATASETS[name]
+        num_classes = 10 if name == "RotatedMNIST" else 2
+        input_shape = (28, 28, 1 if name == "RotatedMNIST" else 2)
+    elif known_environments(name) is not None:
+        from experiments.data.folder import DOMAINBED_NUM_CLASSES
+
+        environments = folder_datasets()[name]
+        num_classes, input_shape = DOMAINBED_NUM_CLASSES[name], (224, 224, 3)
+    else:
+        root = next(
+            (path for path in (name, os.path.join(data_dir or "", name)) if os.path.isdir(path)),
+            None,
+        )
+        if root is None:
+            raise FileNotFoundError(f"dataset {name!r} is neither known nor a folder")
+        environments = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir()))
+        if not environments:
+            raise ValueError(f"dataset folder {root} has no domain folders")
+        first = os.path.join(root, environments[0])
+        num_classes = sum(1 for entry in os.scandir(first) if entry.is_dir())
+        input_shape = (224, 224, 3)
+        name = os.path.basename(os.path.normpath(root))
+    check_test_envs(name, environments, tuple(test_envs))
+    return DatasetShape(
+        name=name,
+        environments=environments,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        train_envs=tuple(e for e in range(len(environments)) if e not in test_envs),
+    )
 
 
 def get_dataset(

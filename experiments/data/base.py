@@ -28,15 +28,31 @@ class EnvironmentSplits(Protocol):
     input_shape: tuple[int, int, int]  # (H, W, C)
     train_envs: tuple[int, ...]  # every environment not in test_envs, ascending
 
-    def train_batch(self, step: int) -> Batch:
+    def split_size(self, env: int, split: Split) -> int:
+        """The number of examples in environment ``env``'s ``split``."""
+        ...
+
+    def train_batch(
+        self, step: int, domains: slice = slice(None), examples: slice = slice(None)
+    ) -> Batch:
         """The minibatches of step ``step``: x ``(D, B, H, W, C)``, y ``(D, B)``.
 
         D = len(train_envs). Drawn from each training environment's ``in`` split with
         infinite per-environment shuffling; a pure function of (seed, step), so a run
         resumed at step t sees exactly the batches an uninterrupted run sees.
+
+        ``domains`` and ``examples`` select rows ``[domains, examples]`` of that batch
+        and only those are loaded: on several hosts, each process loads the rows its
+        own devices hold (:meth:`experiments.parallel.ShardingPlan.global_batch`).
         """
         ...
 
-    def eval_batches(self, env: int, split: Split, batch_size: int) -> Iterator[Batch]:
-        """Every example of environment ``env``'s ``split`` once, in fixed order."""
+    def eval_batches(
+        self, env: int, split: Split, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Batch]:
+        """Every example of environment ``env``'s ``split`` once, in fixed order.
+
+        ``start`` and ``stop`` restrict it to positions ``[start, stop)`` of the split
+        (each process of a multi-host evaluation reads its own share).
+        """
         ...

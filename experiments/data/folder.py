@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -64,6 +65,7 @@ from experiments.seeding import seed_hash
 
 __all__ = [
     "DOMAINBED_DATASETS",
+    "DOMAINBED_NUM_CLASSES",
     "IMAGE_EXTENSIONS",
     "FolderDataset",
     "augment_image",
@@ -83,6 +85,15 @@ DOMAINBED_DATASETS: dict[str, tuple[str, ...]] = {
     "DomainNet": ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
 }
 """DomainBed's datasets and their domains, in DomainBed's environment order."""
+
+DOMAINBED_NUM_CLASSES: dict[str, int] = {
+    "PACS": 7,
+    "VLCS": 5,
+    "OfficeHome": 65,
+    "TerraIncognita": 10,
+    "DomainNet": 345,
+}
+"""The number of classes of each of :data:`DOMAINBED_DATASETS`."""
 
 _DOMAINBED_FOLDERS: dict[str, str] = {
     "PACS": "PACS",
@@ -556,6 +567,7 @@ class FolderDataset:
         self._train_elements = [self._train_dataset(index) for index in self.train_envs]
         self._iterator: Any = None
         self._next_step = -1
+        self._rows: tuple[range, range] = (range(0), range(0))
 
     # -- elements --
 
@@ -599,42 +611,56 @@ class FolderDataset:
 
     # -- the protocol --
 
-    def _element(self, index: int) -> dict[str, Any]:
-        """Element ``index`` of the flattened stream ``(step, domain, position)``."""
-        per_step = len(self.train_envs) * self.batch_size
+    def _element(self, rows: tuple[range, range], index: int) -> dict[str, Any]:
+        """Element ``index`` of the flattened stream ``(step, domain, position)`` of ``rows``."""
+        domains, positions = rows
+        per_step = len(domains) * len(positions)
         step, rest = divmod(index, per_step)
-        domain, position = divmod(rest, self.batch_size)
-        return self._train_elements[domain][step * self.batch_size + position]
+        domain, position = divmod(rest, len(positions))
+        return self._train_elements[domains[domain]][step * self.batch_size + positions[position]]
 
-    def _start(self, step: int) -> None:
-        per_step = len(self.train_envs) * self.batch_size
-        dataset = self._grain.MapDataset.range(step * per_step, sys.maxsize).map(self._element)
+    def _start(self, step: int, rows: tuple[range, range]) -> None:
+        per_step = len(rows[0]) * len(rows[1])
+        element = functools.partial(self._element, rows)
+        dataset = self._grain.MapDataset.range(step * per_step, sys.maxsize).map(element)
         options = self._grain.ReadOptions(
             num_threads=self._num_workers, prefetch_buffer_size=2 * per_step
         )
         self._iterator = iter(dataset.to_iter_dataset(options).batch(per_step))
         self._next_step = step
+        self._rows = rows
 
-    def train_batch(self, step: int) -> Batch:
+    def train_batch(
+        self, step: int, domains: slice = slice(None), examples: slice = slice(None)
+    ) -> Batch:
         """The minibatches of step ``step``: x ``(D, B, H, W, 3)`` float32, y ``(D, B)`` int32.
 
-        Sequential calls are served by a thread pool that decodes ahead; any other step
-        restarts it there. The result depends on (seed, step) only.
+        ``domains`` and ``examples`` select rows of that batch; only those are decoded.
+        Sequential calls (with the same rows) are served by a thread pool that decodes
+        ahead; any other step restarts it there. The result depends on (seed, step) only.
         """
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}")
-        if self._iterator is None or step != self._next_step:
-            self._start(step)
+        rows = (range(len(self.train_envs))[domains], range(self.batch_size)[examples])
+        if not rows[0] or not rows[1]:
+            raise ValueError(f"rows [{domains}, {examples}] of the batch are empty")
+        if self._iterator is None or step != self._next_step or rows != self._rows:
+            self._start(step, rows)
         batch = next(self._iterator)
         self._next_step = step + 1
-        shape = (len(self.train_envs), self.batch_size)
+        shape = (len(rows[0]), len(rows[1]))
         return {"x": batch["x"].reshape(shape + self.input_shape), "y": batch["y"].reshape(shape)}
 
-    def eval_batches(self, env: int, split: Split, batch_size: int) -> Iterator[Batch]:
-        """Every example of ``env``'s ``split`` once, in index order, un-augmented."""
-        source = self._split_source(env, split)
-        if len(source) == 0:
+    def eval_batches(
+        self, env: int, split: Split, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Batch]:
+        """Every example of ``env``'s ``split`` once (positions ``[start, stop)`` of it),
+        in index order, un-augmented."""
+        self._split_source(env, split)  # checks env and split
+        keys = self._splits[env][split][start:stop]
+        if len(keys) == 0:
             return
+        source = _Subset(self._sources[env], keys)
         dataset = self._grain.MapDataset.source(source).map(self._eval_element)
         options = self._grain.ReadOptions(
             num_threads=self._num_workers, prefetch_buffer_size=2 * batch_size

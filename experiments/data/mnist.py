@@ -151,23 +151,32 @@ class InMemoryEnvironments:
         """Number of examples in environment ``env``'s ``split``."""
         return len(self.split_indices[env][split])
 
-    def train_batch(self, step: int) -> Batch:
-        """The minibatches of step ``step``, stacked: x ``(D, B, H, W, C)``, y ``(D, B)``."""
+    def train_batch(
+        self, step: int, domains: slice = slice(None), examples: slice = slice(None)
+    ) -> Batch:
+        """The minibatches of step ``step``, stacked: x ``(D, B, H, W, C)``, y ``(D, B)``.
+
+        ``domains`` and ``examples`` select rows of that batch (the others are not read).
+        """
         xs, ys = [], []
-        for env in self.train_envs:
+        for env in self.train_envs[domains]:
             in_indices = self.split_indices[env]["in"]
-            chosen = in_indices[
-                batch_indices(len(in_indices), self.batch_size, step, seed=self.seed, env=env)
-            ]
+            positions = batch_indices(
+                len(in_indices), self.batch_size, step, seed=self.seed, env=env
+            )
+            chosen = in_indices[positions[examples]]
             xs.append(self.inputs[env][chosen])
             ys.append(self.labels[env][chosen])
         return {"x": np.stack(xs), "y": np.stack(ys).astype(np.int32)}
 
-    def eval_batches(self, env: int, split: Split, batch_size: int) -> Iterator[Batch]:
-        """Every example of environment ``env``'s ``split`` once, in index order."""
-        indices = self.split_indices[env][split]
-        for start in range(0, len(indices), batch_size):
-            chosen = indices[start : start + batch_size]
+    def eval_batches(
+        self, env: int, split: Split, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Batch]:
+        """Every example of environment ``env``'s ``split`` once (positions ``[start,
+        stop)`` of it), in index order."""
+        indices = self.split_indices[env][split][start:stop]
+        for first in range(0, len(indices), batch_size):
+            chosen = indices[first : first + batch_size]
             yield {"x": self.inputs[env][chosen], "y": self.labels[env][chosen].astype(np.int32)}
 
 

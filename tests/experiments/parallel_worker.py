@@ -1,0 +1,68 @@
+"""Runs tiny trainer configurations in a fresh process, whose device count (and, for a
+multi-process job, distributed runtime) is fixed by the environment at start-up.
+
+Usage: ``python -m tests.experiments.parallel_worker SPEC_JSON``, where the spec is
+``{"runs": [{"output_dir": ..., "stop_after": step or null, **TrainConfig fields}],
+"row_log": path or null}``. Prints one line ``RESULT <json>``: every run's records
+(without wall-clock fields), the device and process counts, and this process's index.
+With ``row_log``, every ``train_batch`` call appends the rows it was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+class Stop(Exception):
+    """Raised after a step to simulate a run killed after its checkpoint."""
+
+
+def main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    from experiments import parallel
+
+    parallel.initialize_distributed(spec.get("distributed", "auto"))
+    import jax
+
+    from experiments.data import mnist
+    from experiments.train import TrainConfig, run
+
+    if spec.get("row_log"):
+        original = mnist.InMemoryEnvironments.train_batch
+
+        def logged(self: Any, step: int, domains: slice = slice(None),
+                   examples: slice = slice(None)) -> Any:
+            with open(spec["row_log"], "a", encoding="utf-8") as log:
+                rows = [domains.start, domains.stop, examples.start, examples.stop]
+                log.write(json.dumps({"process": jax.process_index(), "rows": rows}) + "\n")
+            return original(self, step, domains, examples)
+
+        mnist.InMemoryEnvironments.train_batch = logged  # type: ignore[method-assign]
+
+    results = []
+    for values in spec["runs"]:
+        values = dict(values)
+        stop_after = values.pop("stop_after", None)
+        values["test_envs"] = tuple(values["test_envs"])
+
+        def on_step(step: int, stop_after: int | None = stop_after) -> None:
+            if stop_after is not None and step == stop_after:
+                raise Stop
+
+        try:
+            records = run(TrainConfig(**values), on_step=on_step, log=lambda _: None)
+        except Stop:
+            records = []
+        results.append([{k: v for k, v in r.items() if k != "step_time"} for r in records])
+    print("RESULT " + json.dumps({
+        "runs": results,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "process": jax.process_index(),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
