@@ -181,6 +181,31 @@ def test_train_batch_is_a_pure_function_of_seed_and_step(tree: tuple[str, dict])
     assert not np.array_equal(other_seed["x"], batches[0]["x"])
 
 
+def test_train_batch_rows_decode_only_those_rows_of_the_same_batch(
+    tree: tuple[str, dict]
+) -> None:
+    """A process of a multi-host job asks for its rows; augmentation is per element."""
+    whole_dataset = _load(tree[0], augment=True)
+    wholes = {step: whole_dataset.train_batch(step) for step in (2, 3)}
+    parts = _load(tree[0], augment=True)
+    for domains, examples in ((slice(0, 2), slice(None)), (slice(None), slice(2, 4))):
+        for step in (2, 3):  # the same rows at the next step keep the decoding thread pool
+            part = parts.train_batch(step, domains, examples)
+            for key in ("x", "y"):
+                np.testing.assert_array_equal(part[key], wholes[step][key][domains, examples])
+    with pytest.raises(ValueError, match="empty"):
+        parts.train_batch(0, slice(3, 3))
+
+
+def test_eval_batches_from_start_to_stop_are_that_part_of_the_split(
+    plain: folder.FolderDataset,
+) -> None:
+    whole = np.concatenate([b["y"] for b in plain.eval_batches(2, "in", 5)])
+    part = np.concatenate([b["y"] for b in plain.eval_batches(2, "in", 2, start=3, stop=8)])
+    np.testing.assert_array_equal(part, whole[3:8])
+    assert list(plain.eval_batches(2, "in", 2, start=50)) == []
+
+
 def test_augmented_batches_differ_from_plain_ones(
     tree: tuple[str, dict], plain: folder.FolderDataset
 ) -> None:

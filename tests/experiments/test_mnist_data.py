@@ -86,6 +86,24 @@ def test_train_batch_is_a_pure_function_of_seed_and_step() -> None:
     assert not np.array_equal(batch["x"], _dataset(seed=4).train_batch(7)["x"])
 
 
+def test_train_batch_rows_are_the_rows_of_the_whole_batch() -> None:
+    dataset = _dataset(seed=3)
+    whole = dataset.train_batch(5)
+    for domains, examples in ((slice(1, 3), slice(None)), (slice(None), slice(8, 16)),
+                              (slice(4, 5), slice(0, 4))):
+        part = dataset.train_batch(5, domains, examples)
+        for key in whole:
+            np.testing.assert_array_equal(part[key], whole[key][domains, examples])
+
+
+def test_eval_batches_from_start_to_stop_are_that_part_of_the_split() -> None:
+    dataset = _dataset()
+    whole = np.concatenate([b["y"] for b in dataset.eval_batches(1, "in", 64)])
+    part = [b["y"] for b in dataset.eval_batches(1, "in", 7, start=10, stop=30)]
+    assert [len(y) for y in part] == [7, 7, 6]
+    np.testing.assert_array_equal(np.concatenate(part), whole[10:30])
+
+
 def test_batch_indices_visit_every_example_once_per_epoch() -> None:
     size, batch = 10, 4
     stream = np.concatenate([batch_indices(size, batch, step, seed=0, env=1) for step in range(5)])
