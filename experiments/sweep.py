@@ -20,11 +20,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from experiments import data
+from experiments import data, parallel
 from experiments.algorithms import ALGORITHMS
 from experiments.cli import ArgumentParser, ConfigError, json_object
 from experiments.seeding import seed_hash
-from experiments.train import GRADIENT_METHODS, TrainConfig, check_output_dir, run
+from experiments.train import (
+    GRADIENT_METHODS,
+    TrainConfig,
+    add_device_arguments,
+    check_output_dir,
+    run,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,8 @@ class SweepConfig:
         hparams: overrides applied to every run.
         gradient_method: how the per-domain gradients are computed.
         max_eval_examples: cap on evaluated examples per split (None: all).
+        num_devices, domain_parallel, param_sharding, distributed: every run's device
+            layout (:class:`~experiments.train.TrainConfig`).
     """
 
     output_dir: str
@@ -60,6 +68,10 @@ class SweepConfig:
     hparams: dict | None = None
     gradient_method: str = "loop"
     max_eval_examples: int | None = None
+    num_devices: int | None = None
+    domain_parallel: int = 1
+    param_sharding: str = "replicated"
+    distributed: str = "auto"
 
 
 def _run_name(
@@ -123,6 +135,10 @@ def make_configs(sweep: SweepConfig) -> list[TrainConfig]:
                                 holdout_fraction=sweep.holdout_fraction,
                                 gradient_method=sweep.gradient_method,
                                 max_eval_examples=sweep.max_eval_examples,
+                                num_devices=sweep.num_devices,
+                                domain_parallel=sweep.domain_parallel,
+                                param_sharding=sweep.param_sharding,
+                                distributed=sweep.distributed,
                             )
                         )
     return configs
@@ -142,13 +158,20 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] | None = None) -
     from tqdm import tqdm
 
     configs = [config.resolved() for config in make_configs(sweep)]
+    parallel.initialize_distributed(sweep.distributed)
+    writer = parallel.is_writer()
     for config in configs:
         check_output_dir(config)
-    Path(sweep.output_dir).mkdir(parents=True, exist_ok=True)
+    if writer:
+        Path(sweep.output_dir).mkdir(parents=True, exist_ok=True)
     total = sum(config.steps or 0 for config in configs)
-    with tqdm(total=total, unit="step", desc="sweep", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, unit="step", desc="sweep", dynamic_ncols=True, disable=not writer
+    ) as bar:
 
         def write(line: str) -> None:
+            if not writer:
+                return
             tqdm.write(line)
             if log is not None:
                 log(line)
@@ -180,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hparams", type=json_object, default=None, help="JSON, every run")
     parser.add_argument("--gradient_method", default="loop", help=", ".join(GRADIENT_METHODS))
     parser.add_argument("--max_eval_examples", type=int, default=None)
+    add_device_arguments(parser)
     return parser
 
 
@@ -201,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         hparams=args.hparams,
         gradient_method=args.gradient_method,
         max_eval_examples=args.max_eval_examples,
+        num_devices=args.num_devices,
+        domain_parallel=args.domain_parallel,
+        param_sharding=args.param_sharding,
+        distributed=args.distributed,
     )
     try:
         run_dirs = run_sweep(sweep)

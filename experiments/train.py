@@ -618,6 +618,25 @@ def _dry_run(config: TrainConfig, argv: Sequence[str], compile_step: bool) -> in
 # Command line.
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The layout flags (:data:`LAYOUT_FIELDS` but the directories), as a group."""
+    devices = parser.add_argument_group("devices (do not change the results)")
+    devices.add_argument("--num_devices", type=int, default=None, help="default: all")
+    devices.add_argument(
+        "--domain_parallel", type=int, default=1, help="devices along the domain axis"
+    )
+    devices.add_argument(
+        "--param_sharding", default="replicated", help=", ".join(parallel.PARAM_SHARDINGS)
+    )
+    devices.add_argument(
+        "--distributed",
+        default="auto",
+        help="start jax.distributed: auto (if JAX_COORDINATOR_ADDRESS or JAX_NUM_PROCESSES "
+        "is set), on (TPU pods, SLURM, Open MPI), off",
+    )
+    return devices
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The flags of ``python -m experiments.train`` (DomainBed's names)."""
     defaults = TrainConfig()
@@ -640,20 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", default=None, help="torchvision ResNet-18 weights")
     parser.add_argument("--gradient_method", default="loop", help=", ".join(GRADIENT_METHODS))
     parser.add_argument("--max_eval_examples", type=int, default=None, help="per split")
-    devices = parser.add_argument_group("devices (do not change the results)")
-    devices.add_argument("--num_devices", type=int, default=None, help="default: all")
-    devices.add_argument(
-        "--domain_parallel", type=int, default=1, help="devices along the domain axis"
-    )
-    devices.add_argument(
-        "--param_sharding", default="replicated", help=", ".join(parallel.PARAM_SHARDINGS)
-    )
-    devices.add_argument(
-        "--distributed",
-        default="auto",
-        help="start jax.distributed: auto (if JAX_COORDINATOR_ADDRESS or JAX_NUM_PROCESSES "
-        "is set), on (TPU pods, SLURM, Open MPI), off",
-    )
+    devices = add_device_arguments(parser)
     devices.add_argument(
         "--dry_run",
         nargs="?",

@@ -73,3 +73,13 @@ def test_a_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path: Path
         assert comparable(outputs.read_records(d / outputs.RESULTS)) == comparable(records[d])
         if d != interrupted:
             assert (d / outputs.RESULTS).stat().st_mtime_ns == mtimes[d]
+
+
+def test_the_device_layout_reaches_every_run_but_not_its_arguments(tmp_path: Path) -> None:
+    layout = dict(num_devices=4, domain_parallel=1, param_sharding="fsdp", distributed="off")
+    configs = make_configs(SweepConfig(output_dir=str(tmp_path), algorithms=("erm",),
+                                       n_trials=1, test_envs=(0, 1), **layout))
+    assert len(configs) == 2
+    for config in configs:
+        assert {name: getattr(config, name) for name in layout} == layout
+        assert not set(layout) & set(config.run_args())
