@@ -26,14 +26,11 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
 
 NUM_DOMAINS, BATCH_SIZE = 4, 32
 
 
 def _measure(layouts: list[tuple[str, int, str]], repeats: int) -> dict[str, float]:
-    import functools
-
     import jax
     import numpy as np
 
@@ -54,36 +51,34 @@ def _measure(layouts: list[tuple[str, int, str]], repeats: int) -> dict[str, flo
     }
     step = jax.jit(trainer.train_step, static_argnames=("plan",), donate_argnums=0)
     key = jax.random.PRNGKey(1)
+
+    def rows(domains: slice, examples: slice) -> dict[str, np.ndarray]:
+        return {name: value[domains, examples] for name, value in batch.items()}
+
+    def time_layout(plan: parallel.ShardingPlan | None) -> float:
+        state = jax.tree.map(jax.numpy.copy, fresh)  # donated below
+        holder = [state if plan is None else plan.put_state(state)]
+
+        def one_step() -> None:
+            placed = batch if plan is None else plan.global_batch(rows, NUM_DOMAINS, BATCH_SIZE)
+            holder[0], metrics = step(holder[0], placed, key, plan=plan)
+            jax.block_until_ready(metrics)
+
+        for _ in range(3):
+            one_step()
+        return median_time(one_step, repeats)
+
     times = {}
     for name, domain_parallel, param_sharding in layouts:
-        if name == "no mesh":
-            plan = None
-            state = jax.tree.map(jax.numpy.copy, fresh)
-
-            def make_batch() -> Any:
-                return batch
-        else:
+        plan = None
+        if name != "no mesh":
             plan = parallel.make_plan(
                 num_domains=NUM_DOMAINS,
                 batch_size=BATCH_SIZE,
                 domain_parallel=domain_parallel,
                 param_sharding=param_sharding,
             )
-            state = plan.put_state(jax.tree.map(jax.numpy.copy, fresh))  # donated below
-            rows = functools.partial(lambda d, e: {k: v[d, e] for k, v in batch.items()})
-
-            def make_batch(plan: parallel.ShardingPlan = plan) -> Any:
-                return plan.global_batch(rows, NUM_DOMAINS, BATCH_SIZE)
-
-        holder = [state]
-
-        def one_step(plan: parallel.ShardingPlan | None = plan, make: Any = make_batch) -> None:
-            holder[0], metrics = step(holder[0], make(), key, plan=plan)
-            jax.block_until_ready(metrics)
-
-        for _ in range(3):
-            one_step()
-        times[name] = median_time(one_step, repeats)
+        times[name] = time_layout(plan)
     return times
 
 
