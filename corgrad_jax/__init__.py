@@ -17,6 +17,8 @@ from corgrad_jax._src.corgrad import pcgrad as pcgrad
 from corgrad_jax._src.per_domain import per_domain_gradients as per_domain_gradients
 from corgrad_jax._src.pieces import GRANULARITIES as GRANULARITIES
 from corgrad_jax._src.pieces import VARIANTS as VARIANTS
+from corgrad_jax._src.sharding import contiguous_split as contiguous_split
+from corgrad_jax._src.sharding import partitioned as partitioned
 
 __version__ = "0.1.0"
 
@@ -28,9 +30,11 @@ __all__ = [
     "agreement_rand",
     "agreement_sum",
     "and_mask",
+    "contiguous_split",
     "corgrad",
     "log_decay_schedule",
     "mean_gradients",
+    "partitioned",
     "pcgrad",
     "per_domain_gradients",
 ]

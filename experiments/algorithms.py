@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import corgrad_jax
+from experiments.parallel import MESH_AXES
 
 ALGORITHMS = (
     "erm",
@@ -106,10 +107,28 @@ def in_torch_layout(
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
+def stacked_layout(name: str, path: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[
+    tuple[int, ...], bool
+]:
+    """How algorithm ``name`` reads the stacked leaf at ``path`` of ``shape`` ``(D, ...)``:
+    its shape (PyTorch's layout for ``corgrad_official``'s kernels), and whether its
+    :func:`corgrad_jax.partitioned` keeps the leading axis."""
+    if name != "corgrad_official":
+        return shape, False
+    permutation = _TO_TORCH.get(len(shape)) if getattr(path[-1], "key", None) == "kernel" else None
+    if permutation is not None:
+        shape = tuple(shape[axis] for axis in permutation)
+    return shape, True
+
+
 def build_algorithm(
     name: str, hparams: Mapping[str, Any], *, seed: int, total_steps: int
 ) -> optax.GradientTransformation:
     """The aggregation of stacked per-domain gradients of algorithm ``name``.
+
+    Wrapped in :func:`corgrad_jax.partitioned` over the trainer's mesh axes: on a mesh
+    (:mod:`experiments.parallel`) every stacked leaf is split into contiguous ranges
+    over all devices, so the algorithm runs on shards; on one device it is unchanged.
 
     Args:
         name: one of :data:`ALGORITHMS`.
@@ -121,32 +140,35 @@ def build_algorithm(
     Raises:
         ValueError: ``name`` is not an algorithm.
     """
+    if name == "corgrad_official":
+        official = corgrad_jax.corgrad(
+            int(hparams["num_slices"]), float(hparams["alpha"]), variant="official", seed=seed
+        )
+        return in_torch_layout(
+            corgrad_jax.partitioned(official, MESH_AXES, keep_leading_axis=True)
+        )
     if name == "erm":
-        return corgrad_jax.mean_gradients()
-    if name == "pcgrad":
-        return corgrad_jax.pcgrad(seed=seed)
-    if name == "agr_sum":
-        return corgrad_jax.agreement_sum()
-    if name == "agr_rand":
-        return corgrad_jax.agreement_rand(seed=seed)
-    if name == "and_mask":
-        return corgrad_jax.and_mask(threshold=float(hparams["tau"]))
-    if name == "corgrad":
+        algorithm = corgrad_jax.mean_gradients()
+    elif name == "pcgrad":
+        algorithm = corgrad_jax.pcgrad(seed=seed)
+    elif name == "agr_sum":
+        algorithm = corgrad_jax.agreement_sum()
+    elif name == "agr_rand":
+        algorithm = corgrad_jax.agreement_rand(seed=seed)
+    elif name == "and_mask":
+        algorithm = corgrad_jax.and_mask(threshold=float(hparams["tau"]))
+    elif name == "corgrad":
         alpha: Any = float(hparams["alpha"])
         if hparams.get("alpha_schedule", "constant") == "log_decay":
             alpha = corgrad_jax.log_decay_schedule(alpha, max(total_steps, 2))
-        return corgrad_jax.corgrad(int(hparams["num_slices"]), alpha, seed=seed)
-    if name == "corgrad_layer":
-        return corgrad_jax.corgrad(granularity="layer", alpha=None, seed=seed)
-    if name == "corgrad_no_smoothing":
-        return corgrad_jax.corgrad(int(hparams["num_slices"]), alpha=None, seed=seed)
-    if name == "corgrad_official":
-        return in_torch_layout(
-            corgrad_jax.corgrad(
-                int(hparams["num_slices"]), float(hparams["alpha"]), variant="official", seed=seed
-            )
-        )
-    raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
+        algorithm = corgrad_jax.corgrad(int(hparams["num_slices"]), alpha, seed=seed)
+    elif name == "corgrad_layer":
+        algorithm = corgrad_jax.corgrad(granularity="layer", alpha=None, seed=seed)
+    elif name == "corgrad_no_smoothing":
+        algorithm = corgrad_jax.corgrad(int(hparams["num_slices"]), alpha=None, seed=seed)
+    else:
+        raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
+    return corgrad_jax.partitioned(algorithm, MESH_AXES)
 
 
 def uses_total_steps(name: str, hparams: Mapping[str, Any]) -> bool:

@@ -6,8 +6,10 @@ devices::
     mesh axes    ("domain", "data")      shape (domain_parallel, num_devices // domain_parallel)
 
     batch        x (D, B, H, W, C), y (D, B)   P("domain", "data")
-    stacked      every gradient leaf (D, *param.shape)  P("domain", *param_spec)
-    gradients
+    stacked      computed per domain group: (D, *param.shape)  P("domain");
+    gradients    read by the algorithm as (D, m, rest)  P(None, ("domain", "data")):
+                 contiguous ranges of every flattened leaf on every device
+                 (corgrad_jax.partitioned; leaves with no such split stay whole)
     train state  params, Adam moments, frozen BatchNorm statistics
                  param_sharding="replicated": P()  (every device holds all)
                  param_sharding="fsdp": the largest dimension divisible by the data axis
@@ -15,13 +17,14 @@ devices::
                  replicated)
     evaluation   x (N, H, W, C): P(("domain", "data"))
 
-Everything runs under one ``jax.jit``; XLA's SPMD partitioner inserts the collectives
-(the all-reduce of the data-parallel gradient, the small cross-domain inner products of
-the projection). ``domain_parallel = K > 1`` splits the D training domains into K groups
-of D/K: each group of devices computes the forward and backward passes of its own
-domains only, so the stacked gradients are never gathered on one device (with the
-``vmap`` or ``vjp`` gradient method: ``loop`` slices the domain axis, which would
-replicate every domain on every group).
+Everything runs under one ``jax.jit``; XLA's SPMD partitioner inserts the collectives.
+``domain_parallel = K > 1`` splits the D training domains into K groups of D/K: each
+group of devices computes the forward and backward passes of its own domains only
+(:meth:`ShardingPlan.map_domains`). The algorithm then reads every stacked leaf split
+into contiguous ranges over all devices, so its Gram pass adds partial ``(pieces, D,
+D)`` arrays across devices and its output pass writes each range where it lies: the
+stacked gradients (D times the model) are never gathered on a device; only the
+param-sized update is, for replicated params.
 
 The results do not depend on the mesh: a run on 8 devices gives the metrics of the same
 run on 1 device up to float rounding (``tests/experiments/test_parallel.py``), and its
@@ -47,8 +50,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import corgrad_jax
+
 DOMAIN_AXIS = "domain"
 DATA_AXIS = "data"
+MESH_AXES = (DOMAIN_AXIS, DATA_AXIS)
 PARAM_SHARDINGS = ("replicated", "fsdp")
 FSDP_MIN_SIZE = 2**14
 """Under ``fsdp``, leaves with fewer elements stay replicated (biases, norms, counters)."""
@@ -151,9 +157,17 @@ class ShardingPlan:
         axis = max(candidates, key=lambda a: (shape[a], a))  # largest, then innermost
         return P(*(DATA_AXIS if a == axis else None for a in range(len(shape))))
 
-    def gradient_spec(self, shape: Sequence[int]) -> P:
-        """The spec of a stacked gradient leaf ``(D, *param.shape)``."""
-        return P(DOMAIN_AXIS, *self.param_spec(shape[1:]))
+    def gradient_layout(
+        self, shape: Sequence[int], *, keep_leading_axis: bool = False
+    ) -> tuple[tuple[int, ...], P]:
+        """The shape and spec in which the algorithm reads a stacked leaf ``(D, ...)``
+        (:func:`corgrad_jax.partitioned` over all devices)."""
+        split = corgrad_jax.contiguous_split(
+            shape[1:], self.num_devices, keep_leading_axis=keep_leading_axis
+        )
+        if split is None or self.num_devices == 1:
+            return tuple(shape), P()
+        return (shape[0], *split), P(None, MESH_AXES)
 
     def sharding(self, spec: P) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
@@ -173,15 +187,6 @@ class ShardingPlan:
         return jax.tree.map(lambda leaf: self.sharding(self.param_spec(np.shape(leaf))), state)
 
     # -- inside a jitted step --
-
-    def constrain_gradients(self, grads: PyTree) -> PyTree:
-        """Pins the stacked gradients to :meth:`gradient_spec` (no gather to one device)."""
-        return jax.tree.map(
-            lambda g: jax.lax.with_sharding_constraint(
-                g, self.sharding(self.gradient_spec(g.shape))
-            ),
-            grads,
-        )
 
     def constrain_state(self, state: PyTree) -> PyTree:
         """Pins a train state (or any pytree of its leaves) to :meth:`param_spec`."""

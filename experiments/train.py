@@ -46,7 +46,13 @@ import optax
 from jax.sharding import PartitionSpec
 
 from experiments import data, outputs, parallel, trainer
-from experiments.algorithms import ALGORITHMS, DIAGNOSTICS, build_optimizer, uses_total_steps
+from experiments.algorithms import (
+    ALGORITHMS,
+    DIAGNOSTICS,
+    build_optimizer,
+    stacked_layout,
+    uses_total_steps,
+)
 from experiments.cli import ArgumentParser, ConfigError, json_object
 from experiments.hparams_registry import get_hparams
 from experiments.models import get_model
@@ -545,13 +551,14 @@ def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
         "y": jax.ShapeDtypeStruct((num_domains, batch_size), np.int32),
     }
     batch = {name: placed(leaf, plan.batch_sharding.spec) for name, leaf in batch.items()}
-    gradients = jax.tree.map(
-        lambda leaf: placed(
-            jax.ShapeDtypeStruct((num_domains, *leaf.shape), leaf.dtype),
-            plan.gradient_spec((num_domains, *leaf.shape)),
-        ),
-        abstract.params,
-    )
+    def read_by_algorithm(path: tuple[Any, ...], leaf: Any) -> jax.ShapeDtypeStruct:
+        shape, keep_leading_axis = stacked_layout(
+            config.algorithm, path, (num_domains, *leaf.shape)
+        )
+        shape, spec = plan.gradient_layout(shape, keep_leading_axis=keep_leading_axis)
+        return placed(jax.ShapeDtypeStruct(shape, leaf.dtype), spec)
+
+    gradients = jax.tree_util.tree_map_with_path(read_by_algorithm, abstract.params)
     parameters = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract.params))
     lines = [
         f"run: {config.algorithm} on {shape.name} ({len(shape.environments)} environments, "

@@ -137,8 +137,10 @@ def train_step(
         gradient_method: how :func:`corgrad_jax.per_domain_gradients` computes the
             per-domain gradients (``"loop"``, ``"vmap"`` or ``"vjp"``).
         plan: where the arrays live on a device mesh (:mod:`experiments.parallel`): the
-            stacked gradients are pinned to its gradient specs and the new state to its
-            state specs; None leaves placement to XLA (one device).
+            domains are split over its domain axis, the algorithm runs under its mesh
+            (so :func:`corgrad_jax.partitioned` splits the stacked gradients over all
+            devices) and the new state is pinned to its state specs; None leaves
+            placement to XLA (one device).
 
     Returns:
         The new state, and the metrics ``loss`` (mean of the domain losses) and the
@@ -147,10 +149,11 @@ def train_step(
     losses, grads = domain_gradients(
         state, batch, dropout_key, gradient_method=gradient_method, plan=plan
     )
-    if plan is not None:
-        grads = plan.constrain_gradients(grads)
-    state = state.apply_gradients(grads=grads)
-    if plan is not None:
+    if plan is None:
+        state = state.apply_gradients(grads=grads)
+    else:  # the algorithm splits the stacked gradients over the mesh (partitioned)
+        with jax.sharding.use_abstract_mesh(plan.mesh.abstract_mesh):
+            state = state.apply_gradients(grads=grads)
         state = plan.constrain_state(state)
     return state, {"loss": jnp.mean(losses), **diagnostics(state.opt_state)}
 

@@ -86,10 +86,21 @@ def test_fsdp_splits_the_largest_divisible_dimension_of_large_leaves_only() -> N
     assert plan.param_spec((4096, 10)) == P("data", None)
     assert plan.param_spec((9, 4999)) == P()  # large, but no dimension divisible by 4
     assert plan.param_spec((128,)) == P()  # small: replicated
-    assert plan.gradient_spec((5, 3, 3, 64, 128)) == P("domain", None, None, None, "data")
     replicated = parallel.ShardingPlan(AbstractMesh((2, 4), ("domain", "data")))  # type: ignore[arg-type]
     assert replicated.param_spec((3, 3, 64, 128)) == P()
-    assert replicated.gradient_spec((5, 3, 3, 64, 128)) == P("domain")
+
+
+def test_the_algorithm_reads_contiguous_ranges_of_every_leaf_over_all_devices() -> None:
+    plan = parallel.ShardingPlan(AbstractMesh((2, 4), ("domain", "data")))  # type: ignore[arg-type]
+    everywhere = P(None, ("domain", "data"))
+    assert plan.gradient_layout((5, 3, 3, 64, 128)) == ((5, 576, 128), everywhere)
+    assert plan.gradient_layout((5, 24)) == ((5, 24, 1), everywhere)
+    assert plan.gradient_layout((5, 10)) == ((5, 10), P())  # 8 divides no prefix: whole
+    # the official variant cuts rows of axis 0 (PyTorch layout): only that axis is split
+    assert plan.gradient_layout((5, 128, 64, 3, 3), keep_leading_axis=True) == (
+        (5, 128, 576), everywhere)
+    assert plan.gradient_layout((5, 3, 3, 64, 128), keep_leading_axis=True) == (
+        (5, 3, 3, 64, 128), P())
 
 
 def test_plans_that_do_not_fit_are_refused_with_the_reason() -> None:
@@ -191,6 +202,67 @@ def test_domain_parallel_gradients_are_computed_and_kept_per_domain_group() -> N
     assert _result(done.stdout) == {}
 
 
+def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -> None:
+    """Communication of the compiled step (elements of every collective's result), with
+    the algorithm split over the devices (``corgrad_jax.partitioned``, the trainer's)
+    and without: unsplit, every domain group receives the other groups' leaves to cut
+    their pieces, several times the stacked tree."""
+    script = textwrap.dedent(
+        r"""
+        import json, math, re
+        import jax, numpy as np
+        import corgrad_jax
+        from experiments import algorithms, parallel, trainer
+        from experiments.hparams_registry import get_hparams
+        from experiments.models import get_model
+        split = corgrad_jax.partitioned
+        def volume(hlo):
+            total = 0
+            for line in hlo.splitlines():
+                match = re.search(r"= (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|"
+                                  r"collective-permute)(-start)?\(", line)
+                for dims in re.findall(r"f32\[([0-9,]*)\]", match.group(1) if match else ""):
+                    total += math.prod(int(d) for d in dims.split(",") if d)
+            return total
+        report = {}
+        for algorithm, domain_parallel, param_sharding in [
+                ("corgrad", 4, "replicated"), ("corgrad", 2, "fsdp"),
+                ("corgrad_official", 2, "replicated"), ("corgrad", 1, "replicated")]:
+            for partitioned in (True, False):
+                algorithms.corgrad_jax.partitioned = (
+                    split if partitioned else lambda tx, *args, **kwargs: tx)
+                hparams = get_hparams(algorithm, "RotatedMNIST", hparams_seed=0, trial_seed=0)
+                model = get_model((28, 28, 1), 10, hparams)
+                tx = algorithms.build_optimizer(algorithm, hparams, seed=0, total_steps=10)
+                state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx,
+                                                   (28, 28, 1))
+                plan = parallel.make_plan(num_domains=4, batch_size=8,
+                                          domain_parallel=domain_parallel,
+                                          param_sharding=param_sharding)
+                shape = lambda *s: jax.ShapeDtypeStruct(
+                    s[:-1], s[-1], sharding=plan.batch_sharding)
+                batch = {"x": shape(4, 8, 28, 28, 1, np.float32), "y": shape(4, 8, np.int32)}
+                step = jax.jit(trainer.train_step, static_argnames="plan")
+                hlo = step.lower(plan.put_state(state), batch, jax.random.PRNGKey(1),
+                                 plan=plan).compile().as_text()
+                stacked = 4 * sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state.params))
+                report[f"{algorithm} {domain_parallel} {param_sharding} {partitioned}"] = (
+                    volume(hlo) / stacked)
+        print("RESULT " + json.dumps(report))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_environment(4), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = _result(done.stdout)  # volume / (D x params), per layout and partitioned
+    assert len(report) == 8
+    for layout in ("corgrad 4 replicated", "corgrad 2 fsdp", "corgrad_official 2 replicated"):
+        assert report[f"{layout} True"] < 2.5, report  # measured: 0.6 to 2.2
+        assert report[f"{layout} True"] * 3 < report[f"{layout} False"], report  # about 8
+    # data-parallel: the gradients' all-reduce is the stacked tree either way
+    assert report["corgrad 1 replicated True"] < 2.5, report
+
+
 # -- two processes ----------------------------------------------------------------------
 
 
@@ -261,8 +333,13 @@ def test_dry_run_prints_the_plan_for_eight_devices_without_training(tmp_path: Pa
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  [")}
     # x: (4 domains, 64, 28, 28, 1) float32 over 2 x 4 devices = 4 * 64 * 784 * 4 / 8 bytes
     assert lines["['x']"][-2:] == ["98.0", "KiB"] and "P('domain'," in " ".join(lines["['x']"])
-    kernel = " ".join(lines["['Conv_1']['kernel']"])  # stacked gradient (4, 3, 3, 64, 128)
-    assert "P('domain', None, None, None, 'data')" in kernel and kernel.endswith("144.0 KiB")
+    stacked = [line for line in out.splitlines() if line.startswith("  ['Conv_1']['kernel']")]
+    params = stacked[0]  # (3, 3, 64, 128), fsdp over "data"
+    assert "P(None, None, None, 'data')" in params and params.endswith("72.0 KiB")
+    # the stacked gradient (4, 3, 3, 64, 128) as the algorithm reads it: (4, 576, 128),
+    # contiguous ranges over all 8 devices: 4 * 294,912 bytes / 8
+    assert "(4, 576, 128)" in stacked[-1] and "P(None, ('domain', 'data'))" in stacked[-1]
+    assert stacked[-1].endswith("144.0 KiB")
     assert not (tmp_path / "run").exists()
 
 
