@@ -6,6 +6,10 @@ Commands (DomainBed's names)::
     python -m experiments.sweep            # every test env x algorithm x trial
     python -m experiments.collect_results DIR   # the results table, in markdown
     python -m experiments.main_job         # a short ERM vs CorGrad comparison on CPU
+    python -m experiments.train --num_devices 8 --dry_run   # the sharding plan of a run
+
+A run uses every device on a ``(domain, data)`` mesh, on one host or many
+(:mod:`experiments.parallel`).
 
 Every algorithm is an optax transformation of stacked per-domain gradients from
 :mod:`corgrad_jax`, chained with Adam (:mod:`experiments.algorithms`).

@@ -156,6 +156,16 @@ def test_domain_parallel_training_matches_one_device(four_devices: dict[str, Any
     assert_same_metrics(four_devices["domain4"], four_devices["one"])
 
 
+def test_eight_devices_domain_and_data_parallel_match_one_device(
+    tmp_path: Path, four_devices: dict[str, Any]
+) -> None:
+    runs = [dict(TINY, output_dir=str(tmp_path / "eight"), domain_parallel=4,
+                 param_sharding="fsdp")]  # mesh (4, 2): a domain per pair of devices
+    result = run_worker(8, runs)
+    assert result["devices"] == 8
+    assert_same_metrics(result["runs"][0], four_devices["one"])
+
+
 def test_a_checkpoint_saved_on_four_devices_resumes_on_one(four_devices: dict[str, Any]) -> None:
     run_dir = four_devices["root"] / "saved_on_four"
     assert four_devices["saved_on_four"] == []  # stopped after step 3, before its record
