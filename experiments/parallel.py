@@ -84,6 +84,10 @@ def initialize_distributed(mode: str = "auto") -> bool:
             ``"off"`` never.
 
     Must run before anything else touches a JAX backend.
+
+    Raises:
+        ValueError: a malformed variable, or JAX could not start (no cluster found, a
+            backend already running); the message says which.
     """
     if mode not in DISTRIBUTED_MODES:
         raise ValueError(f"distributed mode must be one of {DISTRIBUTED_MODES}, got {mode!r}")
@@ -96,9 +100,15 @@ def initialize_distributed(mode: str = "auto") -> bool:
         ("num_processes", "JAX_NUM_PROCESSES"),
         ("process_id", "JAX_PROCESS_ID"),
     ):
-        if os.environ.get(variable):
-            explicit[name] = int(os.environ[variable])
-    jax.distributed.initialize(**explicit)
+        value = os.environ.get(variable)
+        if value:
+            if not value.isdigit():
+                raise ValueError(f"{variable}={value!r} is not a non-negative integer")
+            explicit[name] = int(value)
+    try:
+        jax.distributed.initialize(**explicit)
+    except (ValueError, RuntimeError) as error:  # no cluster found, backend already up
+        raise ValueError(f"jax.distributed.initialize() failed: {error}") from None
     return True
 
 

@@ -30,6 +30,7 @@ from experiments.train import (
     add_device_arguments,
     check_output_dir,
     run,
+    start_distributed,
 )
 
 
@@ -158,7 +159,8 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] | None = None) -
     from tqdm import tqdm
 
     configs = [config.resolved() for config in make_configs(sweep)]
-    parallel.initialize_distributed(sweep.distributed)
+    if configs:
+        start_distributed(configs[0])  # every run has the sweep's mode
     writer = parallel.is_writer()
     for config in configs:
         check_output_dir(config)

@@ -215,6 +215,18 @@ _train_step = jax.jit(
 _eval_step = jax.jit(trainer.eval_step)
 
 
+def start_distributed(config: TrainConfig) -> None:
+    """Starts :mod:`jax.distributed` as ``config.distributed`` says.
+
+    Raises:
+        ConfigError: it was asked for and could not start.
+    """
+    try:
+        parallel.initialize_distributed(config.distributed)
+    except ValueError as error:
+        raise ConfigError(f"--distributed {config.distributed}: {error}") from None
+
+
 def make_plan(config: TrainConfig, num_domains: int, batch_size: int) -> parallel.ShardingPlan:
     """The mesh of ``config`` for batches of ``num_domains`` x ``batch_size`` examples.
 
@@ -379,7 +391,7 @@ def run(
     """
     config = config.resolved()
     assert config.steps is not None and config.checkpoint_freq is not None
-    parallel.initialize_distributed(config.distributed)
+    start_distributed(config)
     writer = parallel.is_writer()  # process 0 writes; every process checkpoints
     if not writer:
         log = lambda _: None  # noqa: E731
@@ -697,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run is not None:
             return _dry_run(config, argv, compile_step=args.dry_run == "compile")
         resolved = config.resolved()
-        parallel.initialize_distributed(resolved.distributed)
+        start_distributed(resolved)
         check_output_dir(resolved)
         disable = not parallel.is_writer()
         with tqdm(

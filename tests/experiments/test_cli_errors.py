@@ -44,6 +44,12 @@ def _fails(main, argv: list[str], capsys: pytest.CaptureFixture[str], message: s
         (["--hparams", '{"momentum": 0.9}'], "unknown hparams momentum"),
         (["--holdout_fraction", "1.5"], "holdout_fraction must lie in (0, 1)"),
         (["--gradient_method", "jvp"], "unknown gradient method 'jvp'"),
+        (["--param_sharding", "zero"], "unknown param_sharding 'zero'"),
+        (["--distributed", "maybe"], "unknown distributed mode 'maybe'"),
+        (["--distributed", "on"], "--distributed on: jax.distributed.initialize() failed"),
+        (["--num_devices", "0"], "num_devices must be at least 1"),
+        (["--num_devices", "2"], "num_devices 2 is not in [1, 1]: this job sees 1 device"),
+        (["--domain_parallel", "2"], "domain_parallel 2 does not divide the 1 devices"),
     ],
 )
 def test_train_rejects_bad_input_in_one_line(
@@ -52,6 +58,15 @@ def test_train_rejects_bad_input_in_one_line(
     output_dir = tmp_path / "run"
     _fails(train.main, [*flags, "--output_dir", str(output_dir)], capsys, message)
     assert not output_dir.exists()  # nothing written
+
+
+def test_a_malformed_distributed_environment_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    _fails(train.main, ["--output_dir", str(tmp_path / "run")], capsys,
+           "JAX_NUM_PROCESSES='two' is not a non-negative integer")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_finished_run_is_not_clobbered_by_other_arguments(
