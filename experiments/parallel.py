@@ -309,6 +309,56 @@ class ShardingPlan:
         ) + f"; all {format_bytes(sum(totals.values()))}"
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceLayout:
+    """Where a run's arrays live: what the trainer's device flags set.
+
+    It does not change a run's results (up to float rounding), so it is not part of a
+    run's arguments and may differ when a run resumes.
+
+    Attributes:
+        num_devices: use the first N devices (None: all of them).
+        domain_parallel: devices along the mesh's domain axis; divides the number of
+            training domains and the device count.
+        param_sharding: ``replicated`` (every device holds the train state) or ``fsdp``
+            (large leaves split over the data axis).
+        distributed: ``auto``, ``on`` or ``off``: whether to start
+            :mod:`jax.distributed` (:func:`initialize_distributed`).
+    """
+
+    num_devices: int | None = None
+    domain_parallel: int = 1
+    param_sharding: str = "replicated"
+    distributed: str = "auto"
+
+    def check(self) -> None:
+        """Raises :class:`PlanError` for a value no machine could take."""
+        if self.param_sharding not in PARAM_SHARDINGS:
+            raise PlanError(
+                f"unknown param_sharding {self.param_sharding!r}; expected one of "
+                f"{', '.join(PARAM_SHARDINGS)}"
+            )
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise PlanError(
+                f"unknown distributed mode {self.distributed!r}; expected one of "
+                f"{', '.join(DISTRIBUTED_MODES)}"
+            )
+        for name in ("num_devices", "domain_parallel"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PlanError(f"{name} must be at least 1, got {value}")
+
+    def plan(self, num_domains: int, batch_size: int) -> ShardingPlan:
+        """This layout's :func:`make_plan` for batches of ``num_domains`` x ``batch_size``."""
+        return make_plan(
+            num_domains=num_domains,
+            batch_size=batch_size,
+            num_devices=self.num_devices,
+            domain_parallel=self.domain_parallel,
+            param_sharding=self.param_sharding,
+        )
+
+
 def format_bytes(count: float) -> str:
     """``count`` bytes in B, KiB, MiB or GiB."""
     for unit in ("B", "KiB", "MiB"):

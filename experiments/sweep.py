@@ -29,6 +29,7 @@ from experiments.train import (
     TrainConfig,
     add_device_arguments,
     check_output_dir,
+    layout_from_args,
     run,
     start_distributed,
 )
@@ -52,8 +53,7 @@ class SweepConfig:
         hparams: overrides applied to every run.
         gradient_method: how the per-domain gradients are computed.
         max_eval_examples: cap on evaluated examples per split (None: all).
-        num_devices, domain_parallel, param_sharding, distributed: every run's device
-            layout (:class:`~experiments.train.TrainConfig`).
+        layout: every run's devices and hosts.
     """
 
     output_dir: str
@@ -69,10 +69,7 @@ class SweepConfig:
     hparams: dict | None = None
     gradient_method: str = "loop"
     max_eval_examples: int | None = None
-    num_devices: int | None = None
-    domain_parallel: int = 1
-    param_sharding: str = "replicated"
-    distributed: str = "auto"
+    layout: parallel.DeviceLayout = parallel.DeviceLayout()
 
 
 def _run_name(
@@ -136,10 +133,7 @@ def make_configs(sweep: SweepConfig) -> list[TrainConfig]:
                                 holdout_fraction=sweep.holdout_fraction,
                                 gradient_method=sweep.gradient_method,
                                 max_eval_examples=sweep.max_eval_examples,
-                                num_devices=sweep.num_devices,
-                                domain_parallel=sweep.domain_parallel,
-                                param_sharding=sweep.param_sharding,
-                                distributed=sweep.distributed,
+                                layout=sweep.layout,
                             )
                         )
     return configs
@@ -160,7 +154,7 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] | None = None) -
 
     configs = [config.resolved() for config in make_configs(sweep)]
     if configs:
-        start_distributed(configs[0])  # every run has the sweep's mode
+        start_distributed(configs[0])  # every run has the sweep's layout
     writer = parallel.is_writer()
     for config in configs:
         check_output_dir(config)
@@ -227,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         hparams=args.hparams,
         gradient_method=args.gradient_method,
         max_eval_examples=args.max_eval_examples,
-        num_devices=args.num_devices,
-        domain_parallel=args.domain_parallel,
-        param_sharding=args.param_sharding,
-        distributed=args.distributed,
+        layout=layout_from_args(args),
     )
     try:
         run_dirs = run_sweep(sweep)

@@ -58,10 +58,9 @@ from experiments.hparams_registry import get_hparams
 from experiments.models import get_model
 
 GRADIENT_METHODS = ("loop", "vmap", "vjp")
-LAYOUT_FIELDS = (
-    "output_dir", "data_dir", "num_devices", "domain_parallel", "param_sharding", "distributed"
-)
-"""Fields of :class:`TrainConfig` that do not change the results, so not in ``args.json``."""
+LOCATION_FIELDS = ("output_dir", "data_dir", "layout")
+"""Fields of :class:`TrainConfig` that do not change the results, so not in ``args.json``:
+where the files and the arrays live."""
 EVAL_BATCH_SIZE = 64  # fastest per example for MNIST_CNN on a 2-core CPU
 
 
@@ -88,14 +87,7 @@ class TrainConfig:
             CPU), ``vmap`` or ``vjp``.
         max_eval_examples: evaluate at most this many examples per split (None: all);
             for quick tests.
-        num_devices: use the first N devices (None: all of them).
-        domain_parallel: devices along the mesh's domain axis; divides the number of
-            training domains and ``num_devices``.
-        param_sharding: ``replicated`` (every device holds the train state) or ``fsdp``
-            (large leaves split over the data axis).
-        distributed: ``auto``, ``on`` or ``off``: whether to start
-            :func:`jax.distributed.initialize` (auto: when ``JAX_COORDINATOR_ADDRESS``
-            or ``JAX_NUM_PROCESSES`` is set).
+        layout: the devices and hosts the run uses (the device flags).
     """
 
     dataset: str = "RotatedMNIST"
@@ -113,10 +105,7 @@ class TrainConfig:
     pretrained: str | None = None
     gradient_method: str = "loop"
     max_eval_examples: int | None = None
-    num_devices: int | None = None
-    domain_parallel: int = 1
-    param_sharding: str = "replicated"
-    distributed: str = "auto"
+    layout: parallel.DeviceLayout = parallel.DeviceLayout()
 
     def resolved(self, *, check_files: bool = True) -> TrainConfig:
         """This config with the dataset defaults filled in, after checking every field.
@@ -154,18 +143,11 @@ class TrainConfig:
             )
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
-        if self.param_sharding not in parallel.PARAM_SHARDINGS:
-            raise ConfigError(
-                f"unknown param_sharding {self.param_sharding!r}; expected one of "
-                f"{', '.join(parallel.PARAM_SHARDINGS)}"
-            )
-        if self.distributed not in parallel.DISTRIBUTED_MODES:
-            raise ConfigError(
-                f"unknown distributed mode {self.distributed!r}; expected one of "
-                f"{', '.join(parallel.DISTRIBUTED_MODES)}"
-            )
-        for name in ("steps", "checkpoint_freq", "max_eval_examples", "num_devices",
-                     "domain_parallel"):
+        try:
+            self.layout.check()
+        except parallel.PlanError as error:
+            raise ConfigError(str(error)) from None
+        for name in ("steps", "checkpoint_freq", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -198,9 +180,9 @@ class TrainConfig:
 
     def run_args(self) -> dict[str, Any]:
         """The arguments that define the run's results: all but where files and arrays
-        live (:data:`LAYOUT_FIELDS`)."""
+        live (:data:`LOCATION_FIELDS`)."""
         args = dataclasses.asdict(self)
-        for name in LAYOUT_FIELDS:
+        for name in LOCATION_FIELDS:
             args.pop(name)
         args["test_envs"] = list(self.test_envs)
         return args
@@ -216,15 +198,16 @@ _eval_step = jax.jit(trainer.eval_step)
 
 
 def start_distributed(config: TrainConfig) -> None:
-    """Starts :mod:`jax.distributed` as ``config.distributed`` says.
+    """Starts :mod:`jax.distributed` as ``config.layout.distributed`` says.
 
     Raises:
         ConfigError: it was asked for and could not start.
     """
+    mode = config.layout.distributed
     try:
-        parallel.initialize_distributed(config.distributed)
+        parallel.initialize_distributed(mode)
     except ValueError as error:
-        raise ConfigError(f"--distributed {config.distributed}: {error}") from None
+        raise ConfigError(f"--distributed {mode}: {error}") from None
 
 
 def make_plan(config: TrainConfig, num_domains: int, batch_size: int) -> parallel.ShardingPlan:
@@ -234,13 +217,7 @@ def make_plan(config: TrainConfig, num_domains: int, batch_size: int) -> paralle
         ConfigError: the layout flags do not fit the devices or the batch.
     """
     try:
-        return parallel.make_plan(
-            num_domains=num_domains,
-            batch_size=batch_size,
-            num_devices=config.num_devices,
-            domain_parallel=config.domain_parallel,
-            param_sharding=config.param_sharding,
-        )
+        return config.layout.plan(num_domains, batch_size)
     except parallel.PlanError as error:
         raise ConfigError(str(error)) from None
 
@@ -613,7 +590,7 @@ _DRY_RUN_CHILD = "CORGRAD_JAX_DRY_RUN_DEVICES"
 def _dry_run(config: TrainConfig, argv: Sequence[str], compile_step: bool) -> int:
     """Prints the plan; re-runs itself on virtual CPU devices when this machine has fewer
     than ``--num_devices`` (a plan depends on the device count, not the device kind)."""
-    wanted = config.num_devices
+    wanted = config.layout.num_devices
     if wanted is not None and wanted > jax.device_count() and not os.environ.get(_DRY_RUN_CHILD):
         if jax.process_count() > 1:
             raise ConfigError(f"num_devices {wanted} exceeds the {jax.device_count()} devices")
@@ -638,7 +615,8 @@ def _dry_run(config: TrainConfig, argv: Sequence[str], compile_step: bool) -> in
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The layout flags (:data:`LAYOUT_FIELDS` but the directories), as a group."""
+    """The flags of :class:`~experiments.parallel.DeviceLayout`, as a group; read them
+    back with :func:`layout_from_args`."""
     devices = parser.add_argument_group("devices (do not change the results)")
     devices.add_argument("--num_devices", type=int, default=None, help="default: all")
     devices.add_argument(
@@ -654,6 +632,12 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
         "is set), on (TPU pods, SLURM, Open MPI), off",
     )
     return devices
+
+
+def layout_from_args(args: argparse.Namespace) -> parallel.DeviceLayout:
+    """The :class:`~experiments.parallel.DeviceLayout` of parsed device flags."""
+    names = [field.name for field in dataclasses.fields(parallel.DeviceLayout)]
+    return parallel.DeviceLayout(**{name: getattr(args, name) for name in names})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -694,7 +678,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {field.name for field in dataclasses.fields(TrainConfig)}  # not --dry_run
     values = {key: value for key, value in vars(args).items() if key in names}
     values["test_envs"] = tuple(values["test_envs"])
-    return TrainConfig(**values)
+    return TrainConfig(**values, layout=layout_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 multi-process job, distributed runtime) is fixed by the environment at start-up.
 
 Usage: ``python -m tests.experiments.parallel_worker SPEC_JSON``, where the spec is
-``{"runs": [{"output_dir": ..., "stop_after": step or null, **TrainConfig fields}],
+``{"runs": [{"output_dir": ..., "stop_after": step or null, **TrainConfig and
+DeviceLayout fields}],
 "row_log": path or null}``. Prints one line ``RESULT <json>``: every run's records
 (without wall-clock fields), the device and process counts, and this process's index.
 With ``row_log``, every ``train_batch`` call appends the rows it was asked for.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+
+LAYOUT = ("num_devices", "domain_parallel", "param_sharding", "distributed")
 
 
 class Stop(Exception):
@@ -46,6 +49,8 @@ def main(spec_json: str) -> None:
         values = dict(values)
         stop_after = values.pop("stop_after", None)
         values["test_envs"] = tuple(values["test_envs"])
+        layout = {name: values.pop(name) for name in LAYOUT if name in values}
+        values["layout"] = parallel.DeviceLayout(**layout)
 
         def on_step(step: int, stop_after: int | None = stop_after) -> None:
             if stop_after is not None and step == stop_after:

@@ -8,6 +8,7 @@ from pathlib import Path
 from trainer_helpers import TINY_HPARAMS, comparable
 
 from experiments import collect_results, outputs
+from experiments.parallel import DeviceLayout
 from experiments.seeding import seed_hash
 from experiments.sweep import SweepConfig, make_configs, run_sweep
 
@@ -76,10 +77,10 @@ def test_a_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path: Path
 
 
 def test_the_device_layout_reaches_every_run_but_not_its_arguments(tmp_path: Path) -> None:
-    layout = dict(num_devices=4, domain_parallel=1, param_sharding="fsdp", distributed="off")
+    layout = DeviceLayout(num_devices=4, param_sharding="fsdp", distributed="off")
     configs = make_configs(SweepConfig(output_dir=str(tmp_path), algorithms=("erm",),
-                                       n_trials=1, test_envs=(0, 1), **layout))
+                                       n_trials=1, test_envs=(0, 1), layout=layout))
     assert len(configs) == 2
     for config in configs:
-        assert {name: getattr(config, name) for name in layout} == layout
-        assert not set(layout) & set(config.run_args())
+        assert config.layout == layout
+        assert "layout" not in config.run_args() and "num_devices" not in config.run_args()
