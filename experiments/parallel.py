@@ -368,6 +368,23 @@ def format_bytes(count: float) -> str:
     return f"{count:.2f} GiB"
 
 
+def fitting_device_count(available: int, batch_size: int, domain_parallel: int = 1) -> int:
+    """The most devices, at most ``available``, whose data axis divides ``batch_size``.
+
+    The default device count: all devices when they fit (the usual powers of two), else
+    the largest count ``n`` with ``domain_parallel | n`` and ``(n / domain_parallel) | B``;
+    0 when none does (``domain_parallel`` exceeds the devices).
+
+    Example:
+      >>> fitting_device_count(8, 64), fitting_device_count(3, 64), fitting_device_count(6, 32, 2)
+      (8, 2, 4)
+    """
+    for count in range(available, 0, -1):
+        if count % domain_parallel == 0 and batch_size % (count // domain_parallel) == 0:
+            return count
+    return 0
+
+
 def make_plan(
     *,
     num_domains: int,
@@ -382,8 +399,9 @@ def make_plan(
     Args:
         num_domains: D, the training domains of a step.
         batch_size: B, examples per domain and step.
-        num_devices: how many devices to use (the first ones); None for all of them.
-            On several processes it must be all of them.
+        num_devices: how many devices to use (the first ones); None for as many as the
+            batch allows (:func:`fitting_device_count`: all of them, unless B is not
+            divisible). On several processes it must be all of them.
         domain_parallel: devices along the domain axis; must divide D.
         param_sharding: ``"replicated"`` or ``"fsdp"``.
         devices: the devices to choose from (default :func:`jax.devices`).
@@ -397,7 +415,15 @@ def make_plan(
             f"unknown param_sharding {param_sharding!r}; "
             f"expected one of {', '.join(PARAM_SHARDINGS)}"
         )
-    count = len(devices) if num_devices is None else num_devices
+    count = num_devices
+    if count is None:
+        count = len(devices)
+        if jax.process_count() == 1:  # fewer devices than all, if B needs it
+            count = fitting_device_count(len(devices), batch_size, domain_parallel)
+        if count == 0:
+            raise PlanError(
+                f"domain_parallel {domain_parallel} does not divide the {len(devices)} devices"
+            )
     if not 1 <= count <= len(devices):
         raise PlanError(f"num_devices {count} is not in [1, {len(devices)}]: this job sees "
                         f"{len(devices)} device(s)")

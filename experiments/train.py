@@ -412,6 +412,11 @@ def run(
             raise ConfigError(f"pretrained weights {config.pretrained}: {error}") from None
     num_domains, batch_size = len(dataset.train_envs), int(hparams["batch_size"])
     plan = make_plan(config, num_domains, batch_size)
+    if plan.num_devices < jax.device_count():
+        log(
+            f"using {plan.num_devices} of {jax.device_count()} devices: the data axis must "
+            f"divide batch_size {batch_size} (choose with --num_devices)"
+        )
     state = trainer.create_train_state(
         init_key, model, tx, dataset.input_shape, variables, init_tx=init_tx
     )

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.agreement",
-           "corgrad_jax._src.per_domain", "corgrad_jax._src.sharding"]
+           "corgrad_jax._src.per_domain", "corgrad_jax._src.sharding",
+           "experiments.parallel"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -103,16 +103,27 @@ def test_the_algorithm_reads_contiguous_ranges_of_every_leaf_over_all_devices() 
         (5, 3, 3, 64, 128), P())
 
 
+def test_the_default_device_count_is_the_most_that_divide_the_batch() -> None:
+    assert parallel.fitting_device_count(8, 64) == 8
+    assert parallel.fitting_device_count(3, 64) == 2  # 3 GPUs, 64 examples: 2 of them
+    assert parallel.fitting_device_count(6, 30, domain_parallel=2) == 6  # (2, 3) | 30
+    assert parallel.fitting_device_count(6, 32, domain_parallel=2) == 4  # (2, 2)
+    assert parallel.fitting_device_count(1, 8, domain_parallel=2) == 0
+    with pytest.raises(parallel.PlanError, match="domain_parallel 2 does not divide the 1 dev"):
+        parallel.make_plan(num_domains=4, batch_size=8, domain_parallel=2)
+
+
 def test_plans_that_do_not_fit_are_refused_with_the_reason() -> None:
     four = [jax.devices()[0]] * 4  # only counted: every check fails before a mesh is built
     with pytest.raises(parallel.PlanError, match="does not divide the 5 training domains"):
         parallel.make_plan(num_domains=5, batch_size=8, domain_parallel=2, devices=four)
     with pytest.raises(parallel.PlanError, match="batch_size 6 .* not divisible by the 4"):
-        parallel.make_plan(num_domains=4, batch_size=6, devices=four)
+        parallel.make_plan(num_domains=4, batch_size=6, num_devices=4, devices=four)
     with pytest.raises(parallel.PlanError, match=r"num_devices 8 is not in \[1, 4\]"):
         parallel.make_plan(num_domains=4, batch_size=8, num_devices=8, devices=four)
     with pytest.raises(parallel.PlanError, match="domain_parallel 3 does not divide the 4 dev"):
-        parallel.make_plan(num_domains=3, batch_size=8, domain_parallel=3, devices=four)
+        parallel.make_plan(num_domains=3, batch_size=8, num_devices=4, domain_parallel=3,
+                           devices=four)
     with pytest.raises(parallel.PlanError, match="unknown param_sharding 'zero'"):
         parallel.make_plan(num_domains=4, batch_size=8, param_sharding="zero", devices=four)
 
