@@ -502,7 +502,9 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     """The flags of :class:`~experiments.parallel.DeviceLayout`, as a group; read them
     back with :func:`layout_from_args`."""
     devices = parser.add_argument_group("devices (do not change the results)")
-    devices.add_argument("--num_devices", type=int, default=None, help="default: all")
+    devices.add_argument(
+        "--num_devices", type=int, default=None, help="default: all that divide the batch"
+    )
     devices.add_argument(
         "--domain_parallel", type=int, default=1, help="devices along the domain axis"
     )
