@@ -149,6 +149,7 @@ def four_devices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "domain2_fsdp": dict(domain_parallel=2, param_sharding="fsdp"),
         "domain4": dict(domain_parallel=4),
         "saved_on_four": dict(domain_parallel=2, param_sharding="fsdp", stop_after=3),
+        "saved_on_one": dict(num_devices=1, stop_after=3),
     }
     runs = [dict(TINY, output_dir=str(root / name), **layout) for name, layout in layouts.items()]
     result = run_worker(4, runs)
@@ -183,6 +184,18 @@ def test_a_checkpoint_saved_on_four_devices_resumes_on_one(four_devices: dict[st
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0", "2"]
     resumed = run_worker(1, [dict(TINY, output_dir=str(run_dir))])
     assert resumed["devices"] == 1
+    assert_same_metrics(resumed["runs"][0], four_devices["one"])
+
+
+def test_a_checkpoint_saved_on_one_device_resumes_on_four_with_fsdp(
+    four_devices: dict[str, Any]
+) -> None:
+    run_dir = four_devices["root"] / "saved_on_one"
+    assert four_devices["saved_on_one"] == []
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0", "2"]
+    resumed = run_worker(4, [dict(TINY, output_dir=str(run_dir), domain_parallel=2,
+                                  param_sharding="fsdp")])
+    assert resumed["devices"] == 4
     assert_same_metrics(resumed["runs"][0], four_devices["one"])
 
 
