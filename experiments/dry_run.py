@@ -47,7 +47,7 @@ def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
         raise ConfigError(str(error)) from None
     num_domains, batch_size = len(shape.train_envs), int(hparams["batch_size"])
     plan = train.make_plan(config, num_domains, batch_size)
-    model, tx = train._model_and_optimizer(
+    model, tx = train.model_and_optimizer(
         shape.input_shape,
         shape.num_classes,
         config.algorithm,
@@ -92,7 +92,7 @@ def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
     ]
     if compile_step:
         key = placed(jax.ShapeDtypeStruct((2,), np.uint32), PartitionSpec())
-        compiled = train._train_step.lower(
+        compiled = train.jitted_train_step.lower(
             state, batch, key, gradient_method=config.gradient_method, plan=plan
         ).compile()
         memory = compiled.memory_analysis()

@@ -151,6 +151,7 @@ class ShardingPlan:
 
     @property
     def num_devices(self) -> int:
+        """All devices of the mesh."""
         return self.domain_size * self.data_size
 
     # -- partition specs --
@@ -333,11 +334,7 @@ class DeviceLayout:
 
     def check(self) -> None:
         """Raises :class:`PlanError` for a value no machine could take."""
-        if self.param_sharding not in PARAM_SHARDINGS:
-            raise PlanError(
-                f"unknown param_sharding {self.param_sharding!r}; expected one of "
-                f"{', '.join(PARAM_SHARDINGS)}"
-            )
+        _check_param_sharding(self.param_sharding)
         if self.distributed not in DISTRIBUTED_MODES:
             raise PlanError(
                 f"unknown distributed mode {self.distributed!r}; expected one of "
@@ -366,6 +363,14 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.2f} GiB"
+
+
+def _check_param_sharding(param_sharding: str) -> None:
+    if param_sharding not in PARAM_SHARDINGS:
+        raise PlanError(
+            f"unknown param_sharding {param_sharding!r}; "
+            f"expected one of {', '.join(PARAM_SHARDINGS)}"
+        )
 
 
 def fitting_device_count(available: int, batch_size: int, domain_parallel: int = 1) -> int:
@@ -410,11 +415,7 @@ def make_plan(
         PlanError: the numbers do not fit, naming which and what would.
     """
     devices = list(jax.devices() if devices is None else devices)
-    if param_sharding not in PARAM_SHARDINGS:
-        raise PlanError(
-            f"unknown param_sharding {param_sharding!r}; "
-            f"expected one of {', '.join(PARAM_SHARDINGS)}"
-        )
+    _check_param_sharding(param_sharding)
     count = num_devices
     if count is None:
         count = len(devices)

@@ -186,10 +186,10 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------
 # Jitted steps, shared by every run of the process.
 
-_train_step = jax.jit(
+jitted_train_step = jax.jit(
     trainer.train_step, static_argnames=("gradient_method", "plan"), donate_argnums=0
 )
-_eval_step = jax.jit(trainer.eval_step)
+jitted_eval_step = jax.jit(trainer.eval_step)
 
 
 def start_distributed(config: TrainConfig) -> None:
@@ -218,7 +218,7 @@ def make_plan(config: TrainConfig, num_domains: int, batch_size: int) -> paralle
 
 
 @functools.lru_cache(maxsize=32)
-def _model_and_optimizer(
+def model_and_optimizer(
     input_shape: tuple[int, ...],
     num_classes: int,
     algorithm: str,
@@ -281,7 +281,7 @@ def evaluate(
                 if size:
                     padded["x"][:size] = batch["x"][:size]
                     padded["y"][:size] = batch["y"][:size]
-                corrects.append(_eval_step(state, place(padded)))
+                corrects.append(jitted_eval_step(state, place(padded)))
                 start += size
             counts[f"env{env}_{split}_acc"] = (corrects, total)
     return {
@@ -390,7 +390,7 @@ def run(
         )
     except (ValueError, FileNotFoundError) as error:  # bad test env, no dataset folder
         raise ConfigError(str(error)) from None
-    model, tx = _model_and_optimizer(
+    model, tx = model_and_optimizer(
         tuple(dataset.input_shape),
         dataset.num_classes,
         config.algorithm,
@@ -437,9 +437,8 @@ def run(
             for step in range(start):
                 on_step(step)
 
-    split_size = getattr(dataset, "split_size", lambda *_: 0)
-    in_sizes = [split_size(env, "in") for env in dataset.train_envs]
-    steps_per_epoch = min(in_sizes) / hparams["batch_size"] if min(in_sizes) else None
+    in_sizes = [dataset.split_size(env, "in") for env in dataset.train_envs]
+    steps_per_epoch = min(in_sizes) / batch_size
     window: list[dict[str, jax.Array]] = []
     window_start = time.perf_counter()
     previous: tuple[int, dict[str, jax.Array]] | None = None
@@ -453,7 +452,7 @@ def run(
         batch = plan.global_batch(
             functools.partial(dataset.train_batch, step), num_domains, batch_size
         )
-        state, metrics = _train_step(
+        state, metrics = jitted_train_step(
             state,
             batch,
             jax.random.fold_in(dropout_root, step),

@@ -16,7 +16,7 @@ from experiments.data.base import Batch as Batch
 from experiments.data.base import EnvironmentSplits as EnvironmentSplits
 from experiments.data.base import Split as Split
 from experiments.data.mnist import ENVIRONMENTS as EMBEDDED_DATASETS
-from experiments.data.mnist import load_mnist_environments
+from experiments.data.mnist import INPUT_SHAPES, NUM_CLASSES, load_mnist_environments
 
 _N_STEPS = {"DomainNet": 15000}
 _CHECKPOINT_FREQ = {"RotatedMNIST": 100, "ColoredMNIST": 100, "DomainNet": 1000}
@@ -95,8 +95,7 @@ def dataset_shape(name: str, data_dir: str | None, test_envs: tuple[int, ...]) -
     """The environments, classes and input shape of a dataset, read from no image.
 
     Embedded and DomainBed datasets are known by name (images at 224 x 224); a folder
-    dataset given by path is listed (sorted domain folders, the first domain's class
-    folders).
+    dataset given by path is listed (:func:`experiments.data.folder.folder_classes`).
 
     Raises:
         ValueError: unknown name or bad ``test_envs``.
@@ -104,27 +103,17 @@ def dataset_shape(name: str, data_dir: str | None, test_envs: tuple[int, ...]) -
     """
     if name in EMBEDDED_DATASETS:
         environments = EMBEDDED_DATASETS[name]
-        num_classes = 10 if name == "RotatedMNIST" else 2
-        input_shape = (28, 28, 1 if name == "RotatedMNIST" else 2)
+        num_classes, input_shape = NUM_CLASSES[name], INPUT_SHAPES[name]
     elif known_environments(name) is not None:
         from experiments.data.folder import DOMAINBED_NUM_CLASSES
 
         environments = folder_datasets()[name]
         num_classes, input_shape = DOMAINBED_NUM_CLASSES[name], (224, 224, 3)
     else:
-        root = next(
-            (path for path in (name, os.path.join(data_dir or "", name)) if os.path.isdir(path)),
-            None,
-        )
-        if root is None:
-            raise FileNotFoundError(f"dataset {name!r} is neither known nor a folder")
-        environments = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir()))
-        if not environments:
-            raise ValueError(f"dataset folder {root} has no domain folders")
-        first = os.path.join(root, environments[0])
-        num_classes = sum(1 for entry in os.scandir(first) if entry.is_dir())
+        from experiments.data.folder import folder_classes
+
+        name, environments, num_classes = folder_classes(name, data_dir)
         input_shape = (224, 224, 3)
-        name = os.path.basename(os.path.normpath(root))
     check_test_envs(name, environments, tuple(test_envs))
     return DatasetShape(
         name=name,

@@ -66,6 +66,7 @@ from experiments.seeding import seed_hash
 __all__ = [
     "DOMAINBED_DATASETS",
     "DOMAINBED_NUM_CLASSES",
+    "folder_classes",
     "IMAGE_EXTENSIONS",
     "FolderDataset",
     "augment_image",
@@ -154,6 +155,21 @@ def _class_images(class_dir: str) -> list[str]:
             if filename.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(dirpath, filename))
     return found
+
+
+def folder_classes(name: str, data_dir: str | None) -> tuple[str, tuple[str, ...], int]:
+    """``(dataset name, domains, number of classes)`` of a folder dataset given by path
+    (or by name under ``data_dir``), from its folder names only: no image is read.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: the folder has no domain folders.
+    """
+    canonical, root, _ = _resolve_root(name, data_dir)
+    domains = tuple(_subfolders(root))
+    if not domains:
+        raise ValueError(f"dataset folder {root!r} has no domain folders; {_layout_help(root)}")
+    return canonical, domains, len(_subfolders(os.path.join(root, domains[0])))
 
 
 def _scan(root: str, expected_domains: tuple[str, ...] | None) -> _Layout:

@@ -42,6 +42,10 @@ ENVIRONMENTS: dict[str, tuple[str, ...]] = {
 }
 """The embedded datasets and their environments' names (DomainBed's ``ENVIRONMENTS``)."""
 
+NUM_CLASSES = {"RotatedMNIST": 10, "ColoredMNIST": 2}
+INPUT_SHAPES = {"RotatedMNIST": (28, 28, 1), "ColoredMNIST": (28, 28, 2)}
+"""Each embedded dataset's classes and image shape (H, W, C)."""
+
 
 @functools.cache
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -222,8 +226,8 @@ def load_mnist_environments(
     return InMemoryEnvironments(
         name=name,
         environments=ENVIRONMENTS[name],
-        num_classes=10 if name == "RotatedMNIST" else 2,
-        input_shape=environments[0][0].shape[1:],
+        num_classes=NUM_CLASSES[name],
+        input_shape=INPUT_SHAPES[name],
         train_envs=tuple(e for e in range(len(environments)) if e not in test_envs),
         batch_size=batch_size,
         seed=seed,

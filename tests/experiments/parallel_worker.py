@@ -11,11 +11,10 @@ With ``row_log``, every ``train_batch`` call appends the rows it was asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
-
-LAYOUT = ("num_devices", "domain_parallel", "param_sharding", "distributed")
 
 
 class Stop(Exception):
@@ -49,7 +48,8 @@ def main(spec_json: str) -> None:
         values = dict(values)
         stop_after = values.pop("stop_after", None)
         values["test_envs"] = tuple(values["test_envs"])
-        layout = {name: values.pop(name) for name in LAYOUT if name in values}
+        names = [field.name for field in dataclasses.fields(parallel.DeviceLayout)]
+        layout = {name: values.pop(name) for name in names if name in values}
         values["layout"] = parallel.DeviceLayout(**layout)
 
         def on_step(step: int, stop_after: int | None = stop_after) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.data import folder
+from experiments.data import dataset_shape, folder
 from experiments.data.folder import (
     DOMAINBED_DATASETS,
     IMAGENET_MEAN,
@@ -436,7 +436,7 @@ def test_train_resnet18_end_to_end(
     resnet_class = resnet.ResNet18
     monkeypatch.setattr(resnet, "ResNet18", narrow_resnet)
     monkeypatch.setattr(folder, "load_folder_dataset", small_images)
-    train._model_and_optimizer.cache_clear()
+    train.model_and_optimizer.cache_clear()
     output_dir = str(tmp_path / "run")
     argv = [
         "--dataset", os.path.join(data_dir, "toy"), "--data_dir", data_dir,
@@ -447,7 +447,7 @@ def test_train_resnet18_end_to_end(
     try:
         assert train.main(argv) == 0
     finally:
-        train._model_and_optimizer.cache_clear()
+        train.model_and_optimizer.cache_clear()
     with open(os.path.join(output_dir, "results.jsonl")) as file:
         records = [json.loads(line) for line in file]
     assert [record["step"] for record in records] == [0, 2]
@@ -459,3 +459,12 @@ def test_train_resnet18_end_to_end(
     dataset, model = built
     assert dataset.input_shape == (32, 32, 3) and model.width == 4  # the patches took effect
     capsys.readouterr()
+
+
+def test_dataset_shape_lists_what_loading_finds_without_reading_images(
+    tree: tuple[str, dict], plain: folder.FolderDataset
+) -> None:
+    shape = dataset_shape("toy", tree[0], (0,))
+    assert (shape.name, shape.environments, shape.num_classes, shape.train_envs) == (
+        plain.name, plain.environments, plain.num_classes, plain.train_envs)
+    assert shape.input_shape == (224, 224, 3)  # the trainer's resolution

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.data import get_dataset
+from experiments.data import dataset_shape, get_dataset
 from experiments.data.mnist import load_mnist_digits, rotate
 from experiments.data.sampling import batch_indices
 
@@ -128,3 +128,11 @@ def test_eval_batches_cover_a_split_once_in_order() -> None:
 def test_get_dataset_rejects_bad_input(name: str, test_envs: tuple[int, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _dataset(name, test_envs=test_envs)
+
+
+@pytest.mark.parametrize("name", ["RotatedMNIST", "ColoredMNIST"])
+def test_dataset_shape_is_what_loading_builds(name: str) -> None:
+    loaded = _dataset(name)
+    shape = dataset_shape(name, None, (0,))
+    assert (shape.environments, shape.num_classes, shape.input_shape, shape.train_envs) == (
+        loaded.environments, loaded.num_classes, loaded.inputs[0].shape[1:], loaded.train_envs)
