@@ -1,16 +1,13 @@
 """experiments.parallel: meshes, domain-parallel gradients, multi-process runs, dry runs.
 
-The device count of a JAX process is fixed when it starts, so every multi-device check
-runs the trainer in a fresh process with ``--xla_force_host_platform_device_count``
-(``tests/experiments/parallel_worker.py``); a multi-process job is two such processes
-joined by :func:`jax.distributed.initialize` over localhost.
+Every multi-device check runs the trainer in a fresh process
+(``tests/experiments/parallel_helpers.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,10 +19,11 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
+from parallel_helpers import ROOT, result, run_processes, run_worker
+from parallel_helpers import environment as _environment
 
 from experiments import parallel
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(
     dataset="RotatedMNIST",
     algorithm="corgrad",
@@ -35,32 +33,6 @@ TINY = dict(
     hparams={"batch_size": 8},
     max_eval_examples=32,
 )
-
-
-def _environment(devices: int, **extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        PYTHONPATH=str(ROOT),
-        **extra,
-    )
-
-
-def _result(stdout: str) -> dict[str, Any]:
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, stdout[-3000:]
-    return json.loads(lines[0][len("RESULT ") :])
-
-
-def run_worker(devices: int, runs: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    """The worker's result for ``runs`` on ``devices`` virtual CPU devices."""
-    command = [sys.executable, "-m", "tests.experiments.parallel_worker",
-               json.dumps({"runs": runs, **spec})]
-    done = subprocess.run(command, env=_environment(devices), cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return _result(done.stdout)
 
 
 def assert_same_metrics(records: list[dict], reference: list[dict]) -> None:
@@ -233,7 +205,7 @@ def test_domain_parallel_gradients_are_computed_and_kept_per_domain_group() -> N
     done = subprocess.run([sys.executable, "-c", script], env=_environment(8), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert _result(done.stdout) == {}
+    assert result(done.stdout) == {}
 
 
 def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -> None:
@@ -288,7 +260,7 @@ def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -
     done = subprocess.run([sys.executable, "-c", script], env=_environment(4), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    report = _result(done.stdout)  # volume / (D x params), per layout and partitioned
+    report = result(done.stdout)  # volume / (D x params), per layout and partitioned
     assert len(report) == 8
     for layout in ("corgrad 4 replicated", "corgrad 2 fsdp", "corgrad_official 2 replicated"):
         assert report[f"{layout} True"] < 2.5, report  # measured: 0.6 to 2.2
@@ -300,36 +272,15 @@ def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -
 # -- two processes ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_two_processes_train_as_one_job_and_only_process_0_writes(
     tmp_path: Path, four_devices: dict[str, Any]
 ) -> None:
-    port, processes = _free_port(), []
     row_log = tmp_path / "rows.jsonl"
     spec = {"runs": [dict(TINY, output_dir=str(tmp_path / "data_parallel")),
                      dict(TINY, output_dir=str(tmp_path / "domain_parallel"),
                           domain_parallel=2, param_sharding="fsdp")],
             "row_log": str(row_log)}
-    for index in range(2):
-        environment = _environment(
-            2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(index))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.experiments.parallel_worker", json.dumps(spec)],
-            env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [process.communicate(timeout=900) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-4000:]
-    results = [_result(stdout) for stdout, _ in outputs]
+    results = run_processes(2, 2, spec)
     assert [(r["devices"], r["processes"], r["process"]) for r in results] == [(4, 2, 0),
                                                                                (4, 2, 1)]
     for name, records in zip(("data_parallel", "domain_parallel"), results[0]["runs"], strict=True):
