@@ -6,6 +6,8 @@ A run directory holds (DomainBed's layout, plus the checkpoints)::
     results.jsonl    one JSON record per checkpoint: step, loss, env{i}_in_acc,
                      env{i}_out_acc, the diagnostics, hparams, args
     checkpoints/     orbax checkpoints of the train state, at every record's step
+    damaged_checkpoints/
+                     checkpoints that did not restore, moved aside (kept, not deleted)
     done             written last: the run is finished
 
 Crash safety: a record is appended (one ``write`` call, then ``fsync``) *before* the
@@ -13,13 +15,21 @@ checkpoint of its step is saved, and orbax finalizes a checkpoint by an atomic r
 So after a kill, every checkpoint has its record; a resumed run truncates
 ``results.jsonl`` to the last checkpoint's step (dropping records of steps it will
 redo, and any torn last line) and continues from that checkpoint.
+
+A checkpoint whose files were damaged afterwards (a full disk, a copy cut short) does
+not restore: the run says so in one line, resumes from the newest one that does (orbax
+keeps two), and moves the newer, damaged ones to ``damaged_checkpoints/`` so that their
+steps can be saved again. When none restores, it stops with :class:`CheckpointError`
+and changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +40,23 @@ RESULTS = "results.jsonl"
 ARGS = "args.json"
 DONE = "done"
 CHECKPOINTS = "checkpoints"
+DAMAGED_CHECKPOINTS = "damaged_checkpoints"
 
 Record = dict[str, Any]
 
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silences ``logger`` below CRITICAL for the duration."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -94,6 +117,10 @@ def truncate_records(path: Path, last_step: int | None, *, write: bool = True) -
     return kept
 
 
+class CheckpointError(ValueError):
+    """No checkpoint of a run restores (the message names them and why)."""
+
+
 class Checkpoints:
     """Orbax checkpoints of a pytree (the train state), one per record's step.
 
@@ -108,11 +135,58 @@ class Checkpoints:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(directory.absolute(), options=options)
+        self._directory = directory.absolute()
+        with _quiet("absl"):  # a damaged checkpoint is reported by restore_newest
+            self._manager = ocp.CheckpointManager(self._directory, options=options)
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
         return self._manager.latest_step()
+
+    def restore_newest(
+        self, like: Any, *, log: Callable[[str], None] = print, move_damaged: bool = True
+    ) -> tuple[int | None, Any]:
+        """The newest checkpoint that restores, as ``(step, state)``; ``(None, like)`` if
+        there is none.
+
+        A checkpoint that does not restore is reported in one line and the previous one
+        is tried. The newer, damaged ones are then moved to ``damaged_checkpoints/``
+        (``move_damaged``: the writing process), so that their steps can be saved again.
+
+        Raises:
+            CheckpointError: there are checkpoints and none restores; nothing is moved.
+        """
+        failures = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                with _quiet("absl"):  # orbax logs its own error lines first
+                    state = self.restore(step, like)
+            except Exception as error:  # any damage: bad JSON, short files, tensorstore
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                log(f"checkpoint {self._directory / str(step)} does not restore ({reason})")
+                failures.append(step)
+                continue
+            if move_damaged:
+                for damaged in failures:
+                    self._move_aside(damaged)
+            with _quiet("absl"):
+                self._manager.reload()
+            return step, state
+        if failures:
+            raise CheckpointError(
+                f"no checkpoint in {self._directory} restores (steps "
+                f"{', '.join(map(str, failures))}); move them away to start the run anew"
+            )
+        return None, like
+
+    def _move_aside(self, step: int) -> None:
+        damaged = self._directory.parent / DAMAGED_CHECKPOINTS
+        damaged.mkdir(exist_ok=True)
+        target, copy = damaged / str(step), 1
+        while target.exists():
+            target, copy = damaged / f"{step}.{copy}", copy + 1
+        os.replace(self._directory / str(step), target)
+        _fsync_directory(self._directory)
 
     def save(self, step: int, state: Any) -> None:
         """Saves ``state`` as the checkpoint of ``step`` (blocking)."""

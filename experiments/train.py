@@ -436,11 +436,14 @@ def run(
     parallel.sync("output_dir")
 
     checkpoints = outputs.Checkpoints(run_dir / outputs.CHECKPOINTS)
-    last_checkpoint = checkpoints.latest_step()
+    try:
+        last_checkpoint, state = checkpoints.restore_newest(state, log=log, move_damaged=writer)
+    except outputs.CheckpointError as error:
+        raise ConfigError(str(error)) from None
+    parallel.sync("restored")
     records = outputs.truncate_records(results_path, last_checkpoint, write=writer)
     start = 0
     if last_checkpoint is not None:
-        state = checkpoints.restore(last_checkpoint, state)
         start = last_checkpoint + 1
         log(f"{run_dir}: resumed from the checkpoint of step {last_checkpoint}")
         if on_step is not None:
@@ -592,11 +595,19 @@ def main(argv: list[str] | None = None) -> int:
         resolved = config.resolved()
         start_distributed(resolved)
         check_output_dir(resolved)
-        disable = not parallel.is_writer()
-        with tqdm(
-            total=resolved.steps, desc=resolved.algorithm, unit="step", delay=1, disable=disable
-        ) as bar:
-            run(config, on_step=lambda _: bar.update(), log=tqdm.write)
+        bars: list[tqdm] = []  # made at the first step: an error before it prints alone
+
+        def on_step(_: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=resolved.steps, desc=resolved.algorithm, unit="step",
+                                 delay=1, disable=not parallel.is_writer()))
+            bars[0].update()
+
+        try:
+            run(config, on_step=on_step, log=tqdm.write)
+        finally:
+            for bar in bars:
+                bar.close()
     except ConfigError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""A real run killed with SIGKILL mid-run resumes and ends like an uninterrupted one."""
+"""A run killed with SIGKILL mid-run, or whose newest checkpoint was damaged, resumes and
+ends like an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 from trainer_helpers import comparable, tiny_config
 
 from experiments import outputs, train
@@ -85,3 +88,61 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path: P
         log=lambda line: None,
     )  # fmt: skip
     assert comparable(records) == comparable(reference)
+
+
+def _damage(checkpoint: Path, how: str) -> None:
+    """Every file of ``checkpoint`` overwritten with random bytes, or cut to half."""
+    rng = np.random.default_rng(0)
+    files = [path for path in checkpoint.rglob("*") if path.is_file()]
+    assert len(files) > 5
+    for path in files:
+        if how == "overwritten":
+            path.write_bytes(rng.bytes(100))
+        else:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("how", ["overwritten", "cut short"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(
+    tmp_path: Path, how: str
+) -> None:
+    config = tiny_config(tmp_path / "run", ALGORITHM, steps=4, checkpoint_freq=1, seed=3)
+    uninterrupted = train.run(config, log=lambda line: None)
+    run_dir = Path(config.output_dir)
+    (run_dir / outputs.DONE).unlink()
+    _damage(run_dir / outputs.CHECKPOINTS / "3", how)
+    lines: list[str] = []
+    resumed = train.run(config, log=lines.append)
+    assert comparable(resumed) == comparable(uninterrupted)
+    assert comparable(outputs.read_records(run_dir / outputs.RESULTS)) == comparable(
+        uninterrupted)  # truncated to step 2, then step 3 again: no duplicate
+    assert lines[0].startswith(f"checkpoint {run_dir.absolute() / 'checkpoints' / '3'} does "
+                               "not restore (")
+    assert "resumed from the checkpoint of step 2" in lines[1]
+    assert sorted(p.name for p in (run_dir / outputs.CHECKPOINTS).iterdir()) == ["2", "3"]
+    kept = run_dir / outputs.DAMAGED_CHECKPOINTS / "3"  # moved aside, not deleted
+    assert len([path for path in kept.rglob("*") if path.is_file()]) > 5
+
+
+def test_when_no_checkpoint_restores_the_run_stops_with_exit_2_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(tmp_path / "run", ALGORITHM, steps=4, checkpoint_freq=1, seed=3)
+    train.run(config, log=lambda line: None)
+    run_dir = Path(config.output_dir)
+    (run_dir / outputs.DONE).unlink()
+    for step in ("2", "3"):
+        _damage(run_dir / outputs.CHECKPOINTS / step, "overwritten")
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    code = train.main([
+        "--algorithm", ALGORITHM, "--steps", "4", "--checkpoint_freq", "1", "--seed", "3",
+        "--hparams", json.dumps({"batch_size": 8}), "--max_eval_examples", "32",
+        "--output_dir", str(run_dir),
+    ])  # fmt: skip
+    assert code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[-1] == (f"python -m experiments.train: error: no checkpoint in "
+                          f"{run_dir.absolute() / 'checkpoints'} restores (steps 3, 2); move "
+                          "them away to start the run anew")
+    after = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    assert after == before
