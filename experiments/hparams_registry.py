@@ -13,6 +13,8 @@ code keeps it constant.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,50 +29,119 @@ HParams = dict[str, Any]
 _Sampler = Callable[[np.random.RandomState], Any]
 
 
-def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict[str, tuple[Any, Any]]:
-    """``{name: (default, random draw)}`` for one algorithm on one dataset."""
-    hparams: dict[str, tuple[Any, Any]] = {}
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """The values a hyperparameter takes: a number in a range, or one of some choices.
 
-    def _hparam(name: str, default: Any, sample: _Sampler) -> None:
+    Attributes:
+        kind: ``float``, ``int`` or ``str``.
+        low, high: bounds of a number (None: unbounded).
+        low_open, high_open: whether a bound itself is excluded.
+        choices: the allowed strings, for ``kind=str``.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """What is expected, e.g. ``a float in (0, 1]`` or ``one of 'a', 'b'``."""
+        if self.kind is str:
+            return "one of " + ", ".join(repr(choice) for choice in self.choices)
+        noun = "an integer" if self.kind is int else "a float"
+        if self.low is not None and self.high is not None:
+            return (f"{noun} in {'(' if self.low_open else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        return noun
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` as this domain's type (an integral float as an int, an int as a float).
+
+        Raises:
+            ValueError: one line naming the hparam, the value and what is expected.
+        """
+        expected = f"hparam {name}: {value!r} is not {self.describe()}"
+        if self.kind is str:
+            if value not in self.choices:
+                raise ValueError(expected)
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(expected)
+        if not math.isfinite(value):
+            raise ValueError(expected)
+        if self.kind is int:
+            if value != int(value):
+                raise ValueError(expected)
+            value = int(value)
+        else:
+            value = float(value)
+        below = self.low is not None and (value < self.low or self.low_open and value == self.low)
+        above = self.high is not None and (
+            value > self.high or self.high_open and value == self.high)
+        if below or above:
+            raise ValueError(expected)
+        return value
+
+
+PROBABILITY = Domain(float, 0.0, 1.0)
+POSITIVE = Domain(float, 0.0, low_open=True)
+NON_NEGATIVE = Domain(float, 0.0)
+COUNT = Domain(int, 1)
+
+
+def _hparams(
+    algorithm: str, dataset: str, random_seed: int
+) -> dict[str, tuple[Any, Any, Domain]]:
+    """``{name: (default, random draw, domain)}`` for one algorithm on one dataset."""
+    hparams: dict[str, tuple[Any, Any, Domain]] = {}
+
+    def _hparam(name: str, default: Any, sample: _Sampler, domain: Domain) -> None:
         assert name not in hparams, name
         random_state = np.random.RandomState(seed_hash(random_seed, name))
-        hparams[name] = (default, sample(random_state))
+        hparams[name] = (default, sample(random_state), domain)
 
     small_images = dataset in SMALL_IMAGES
-    _hparam("resnet_dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])))
+    _hparam("resnet_dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])),
+            Domain(float, 0.0, 1.0, high_open=True))
 
     if algorithm == "and_mask":
-        _hparam("tau", 1.0, lambda r: float(r.uniform(0.5, 1.0)))
+        _hparam("tau", 1.0, lambda r: float(r.uniform(0.5, 1.0)), PROBABILITY)
     elif algorithm.startswith("corgrad"):
         if algorithm != "corgrad_layer":
-            _hparam("num_slices", 10, lambda r: int(r.choice([5, 10, 20, 50])))
+            _hparam("num_slices", 10, lambda r: int(r.choice([5, 10, 20, 50])), COUNT)
         if algorithm in ("corgrad", "corgrad_official"):
-            _hparam("alpha", 0.6, lambda r: float(r.uniform(0.5, 1.0)))
+            _hparam("alpha", 0.6, lambda r: float(r.uniform(0.5, 1.0)), PROBABILITY)
         if algorithm == "corgrad":
-            _hparam("alpha_schedule", "log_decay", lambda r: "log_decay")
+            _hparam("alpha_schedule", "log_decay", lambda r: "log_decay",
+                    Domain(str, choices=("log_decay", "constant")))
 
     if small_images:
-        _hparam("lr", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)))
-        _hparam("weight_decay", 0.0, lambda r: 0.0)
-        _hparam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 9)))
+        _hparam("lr", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)), POSITIVE)
+        _hparam("weight_decay", 0.0, lambda r: 0.0, NON_NEGATIVE)
+        _hparam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 9)), COUNT)
     else:
-        _hparam("lr", 5e-5, lambda r: float(10 ** r.uniform(-5, -3.5)))
-        _hparam("weight_decay", 0.0, lambda r: float(10 ** r.uniform(-6, -2)))
+        _hparam("lr", 5e-5, lambda r: float(10 ** r.uniform(-5, -3.5)), POSITIVE)
+        _hparam("weight_decay", 0.0, lambda r: float(10 ** r.uniform(-6, -2)), NON_NEGATIVE)
         if dataset == "DomainNet":
-            _hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5)))
+            _hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5)), COUNT)
         else:
-            _hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5.5)))
+            _hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5.5)), COUNT)
     return hparams
 
 
 def default_hparams(algorithm: str, dataset: str) -> HParams:
     """The default hyperparameters (``hparams_seed`` 0)."""
-    return {name: default for name, (default, _) in _hparams(algorithm, dataset, 0).items()}
+    return {name: default for name, (default, _, _) in _hparams(algorithm, dataset, 0).items()}
 
 
 def random_hparams(algorithm: str, dataset: str, seed: int) -> HParams:
     """Hyperparameters drawn at random, reproducibly from ``seed``."""
-    return {name: draw for name, (_, draw) in _hparams(algorithm, dataset, seed).items()}
+    return {name: draw for name, (_, draw, _) in _hparams(algorithm, dataset, seed).items()}
 
 
 def get_hparams(
@@ -92,7 +163,8 @@ def get_hparams(
         overrides: values that replace the registry's (the ``--hparams`` JSON).
 
     Raises:
-        ValueError: an override names a hyperparameter this algorithm does not have.
+        ValueError: an override names a hyperparameter this algorithm does not have, or
+            gives one a value of the wrong type or out of its range (one line each).
     """
     if hparams_seed == 0:
         hparams = default_hparams(algorithm, dataset)
@@ -104,5 +176,7 @@ def get_hparams(
             f"unknown hparams {', '.join(unknown)} for {algorithm} on {dataset}; "
             f"expected some of {', '.join(sorted(hparams))}"
         )
-    hparams.update(overrides or {})
+    domains = {name: domain for name, (_, _, domain) in _hparams(algorithm, dataset, 0).items()}
+    for name, value in (overrides or {}).items():
+        hparams[name] = domains[name].check(name, value)
     return hparams

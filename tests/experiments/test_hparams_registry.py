@@ -47,3 +47,21 @@ def test_overrides_replace_and_unknown_names_are_rejected() -> None:
     assert hparams["batch_size"] == 8
     with pytest.raises(ValueError, match="unknown hparams alpha"):
         get_hparams("erm", "RotatedMNIST", hparams_seed=0, trial_seed=0, overrides={"alpha": 1})
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dataset", ["RotatedMNIST", "PACS", "DomainNet"])
+def test_every_default_and_random_draw_lies_in_its_hparams_domain(
+    algorithm: str, dataset: str
+) -> None:
+    for seed in range(50):  # the registry's own values pass its own checks, unchanged
+        drawn = get_hparams(algorithm, dataset, hparams_seed=seed, trial_seed=0)
+        assert get_hparams(algorithm, dataset, hparams_seed=seed, trial_seed=0,
+                           overrides=drawn) == drawn
+
+
+def test_overrides_are_converted_to_the_hparams_type() -> None:
+    hparams = get_hparams("corgrad", "RotatedMNIST", hparams_seed=0, trial_seed=0,
+                          overrides={"batch_size": 32.0, "lr": 1, "alpha": 0})
+    assert hparams["batch_size"] == 32 and type(hparams["batch_size"]) is int
+    assert type(hparams["lr"]) is float and type(hparams["alpha"]) is float
