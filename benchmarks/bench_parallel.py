@@ -2,7 +2,7 @@
 
 One training step of CorGrad (MNIST_CNN, 4 training domains x 32 examples, Adam), run
 the way ``experiments.train`` runs it: the batch assembled by
-:meth:`~experiments.parallel.ShardingPlan.global_batch` and the jitted ``train_step``
+:meth:`~experiments.training.parallel.ShardingPlan.global_batch` and the jitted ``train_step``
 with the plan. Layouts:
 
 * ``no mesh``: ``train_step`` without a plan, the batch passed as NumPy (the reference);
@@ -35,13 +35,14 @@ def _measure(layouts: list[tuple[str, int, str]], repeats: int) -> dict[str, flo
     import numpy as np
 
     from benchmarks.common import median_time
-    from experiments import parallel, trainer
-    from experiments.algorithms import build_optimizer
     from experiments.hparams_registry import default_hparams
     from experiments.models import get_model
+    from experiments.training import parallel
+    from experiments.training import steps as trainer
+    from experiments.training.optimizer import build_optimizer
 
     hparams = default_hparams("corgrad", "RotatedMNIST")
-    model = get_model((28, 28, 1), 10, hparams)
+    model = get_model("mnist_cnn", 10, hparams)
     tx = build_optimizer("corgrad", hparams, seed=0, total_steps=1000)
     fresh = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
     rng = np.random.default_rng(0)
@@ -61,7 +62,7 @@ def _measure(layouts: list[tuple[str, int, str]], repeats: int) -> dict[str, flo
 
         def one_step() -> None:
             placed = batch if plan is None else plan.global_batch(rows, NUM_DOMAINS, BATCH_SIZE)
-            holder[0], metrics = step(holder[0], placed, key, plan=plan)
+            holder[0], metrics, _ = step(holder[0], placed, key, plan=plan)
             jax.block_until_ready(metrics)
 
         for _ in range(3):

@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import trainer
-from experiments.algorithms import build_optimizer
+from experiments.data import get_dataset_spec
 from experiments.hparams_registry import default_hparams
 from experiments.models import get_model
+from experiments.training import steps as trainer
+from experiments.training.optimizer import build_optimizer
 
 METHODS = ("loop", "vmap", "vjp")
 
@@ -81,7 +82,7 @@ _train_step = jax.jit(trainer.train_step, static_argnames=("gradient_method",), 
 def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[], float]:
     """A function that runs one step and returns its wall time in seconds."""
     hparams = default_hparams(algorithm, setting.dataset)
-    model = get_model(setting.input_shape, setting.num_classes, hparams)
+    model = get_model(get_dataset_spec(setting.dataset).model, setting.num_classes, hparams)
     if method is None:  # one gradient of the mean loss, plain Adam
         tx = optax.adam(hparams["lr"])
     else:
@@ -101,7 +102,7 @@ def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[]
         if method is None:
             holder["state"], metrics = _one_gradient_erm_step(holder["state"], batch, key)
         else:
-            holder["state"], metrics = _train_step(
+            holder["state"], metrics, _ = _train_step(
                 holder["state"], batch, key, gradient_method=method
             )
         jax.block_until_ready((holder["state"].params, metrics))

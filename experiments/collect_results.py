@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments import outputs
-from experiments.algorithms import ALGORITHMS, DISPLAY_NAMES
+from experiments import run_dir as outputs
+from experiments.algorithms import ALGORITHMS, display_name
 from experiments.cli import ArgumentParser
 
 Record = dict[str, Any]
@@ -134,7 +134,7 @@ def results_table(runs: Sequence[RunResult]) -> str:
         test_envs = sorted({run.test_envs for run in in_dataset})
         algorithms = sorted(
             {run.algorithm for run in in_dataset},
-            key=lambda a: (ALGORITHMS.index(a) if a in ALGORITHMS else len(ALGORITHMS), a),
+            key=lambda a: (list(ALGORITHMS).index(a) if a in ALGORITHMS else len(ALGORITHMS), a),
         )
         trials = sorted({run.trial_seed for run in in_dataset})
         columns = [" + ".join(environments[e] for e in envs) for envs in test_envs]
@@ -162,7 +162,7 @@ def results_table(runs: Sequence[RunResult]) -> str:
                         per_trial[trial].append(accs[(dataset, algorithm, envs, trial)])
             complete = [np.mean(v) for v in per_trial.values() if len(v) == len(test_envs)]
             cells.append(_mean_std(complete) if complete else "X")
-            name = DISPLAY_NAMES.get(algorithm, algorithm)
+            name = display_name(algorithm)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         unfinished = sum(1 for run in in_dataset if not run.finished)
         lines.append("")

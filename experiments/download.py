@@ -35,6 +35,8 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 
+from experiments import data
+
 __all__ = [
     "DATASETS",
     "URLS",
@@ -82,13 +84,9 @@ DOMAIN_NET_DUPLICATES_URL = (
 """DomainBed's list of DomainNet images (relative paths) that it deletes as duplicates."""
 
 DATASETS: dict[str, str] = {
-    "PACS": "PACS",
-    "VLCS": "VLCS",
-    "OfficeHome": "office_home",
-    "TerraIncognita": "terra_incognita",
-    "DomainNet": "domain_net",
+    name: spec.folders[0] for name, spec in data.DATASETS.items() if spec.folders
 }
-"""Dataset name -> folder under ``data_dir`` (DomainBed's folder names)."""
+"""Dataset name -> folder under ``data_dir`` (DomainBed's folder names, from the registry)."""
 
 TERRA_INCOGNITA_LOCATIONS = ("38", "46", "100", "43")
 TERRA_INCOGNITA_CATEGORIES = (

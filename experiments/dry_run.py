@@ -8,7 +8,6 @@ depends on the device count, not the device kind.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -20,10 +19,11 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from experiments import data, parallel, train, trainer
-from experiments.algorithms import stacked_layout, uses_total_steps
 from experiments.cli import ConfigError
-from experiments.train import TrainConfig
+from experiments.training import TrainConfig, parallel
+from experiments.training.loop import build_model_and_optimizer, make_plan
+from experiments.training.optimizer import stacked_layout
+from experiments.training.steps import create_train_state, jitted_train_step
 
 
 def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
@@ -39,23 +39,13 @@ def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
         ConfigError: invalid arguments, or a layout that does not fit.
     """
     config = config.resolved(check_files=False)
-    assert config.steps is not None
     hparams = config.run_hparams()
-    try:
-        shape = data.dataset_shape(config.dataset, config.data_dir, config.test_envs)
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError(str(error)) from None
-    num_domains, batch_size = len(shape.train_envs), int(hparams["batch_size"])
-    plan = train.make_plan(config, num_domains, batch_size)
-    model, tx = train.model_and_optimizer(
-        shape.input_shape,
-        shape.num_classes,
-        config.algorithm,
-        json.dumps(hparams, sort_keys=True),
-        config.steps if uses_total_steps(config.algorithm, hparams) else 0,
-    )
+    shape = config.dataset_spec()
+    num_domains, batch_size = len(shape.train_envs(config.test_envs)), int(hparams["batch_size"])
+    plan = make_plan(config, num_domains, batch_size)
+    model, tx = build_model_and_optimizer(config, shape, hparams)
     abstract = jax.eval_shape(
-        lambda key: trainer.create_train_state(key, model, tx, shape.input_shape),
+        lambda key: create_train_state(key, model, tx, shape.input_shape),
         jax.random.PRNGKey(0),
     )
 
@@ -92,7 +82,7 @@ def plan_lines(config: TrainConfig, *, compile_step: bool = False) -> list[str]:
     ]
     if compile_step:
         key = placed(jax.ShapeDtypeStruct((2,), np.uint32), PartitionSpec())
-        compiled = train.jitted_train_step.lower(
+        compiled = jitted_train_step.lower(
             state, batch, key, gradient_method=config.gradient_method, plan=plan
         ).compile()
         memory = compiled.memory_analysis()

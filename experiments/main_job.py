@@ -14,13 +14,15 @@ interrupted one.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
-from experiments.cli import ArgumentParser, ConfigError
+from experiments.cli import ArgumentParser, run_command
 from experiments.collect_results import load_runs, results_table
 from experiments.sweep import SweepConfig, run_sweep
+from experiments.training import TrainConfig
 
 DATASET = "RotatedMNIST"
 ALGORITHMS = ("erm", "corgrad")
@@ -30,14 +32,17 @@ STEPS = 100  # DomainBed: 5,000
 CHECKPOINT_FREQ = 50  # DomainBed: 100
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the job; returns the exit code (2 on bad input)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m experiments.main_job``."""
     parser = ArgumentParser(
         prog="python -m experiments.main_job",
         description="ERM vs CorGrad on RotatedMNIST, scaled down for a 2-core CPU.",
     )
     parser.add_argument("--output_dir", default="runs/main_job")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main_job(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     started = time.perf_counter()
     print(
@@ -55,24 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=str(output_dir),
         datasets=(DATASET,),
         algorithms=ALGORITHMS,
-        test_envs=TEST_ENVS,
+        test_env_choices=TEST_ENVS,
+        single_test_envs=True,
         n_trials=N_TRIALS,
-        steps=STEPS,
-        checkpoint_freq=CHECKPOINT_FREQ,
+        run=TrainConfig(steps=STEPS, checkpoint_freq=CHECKPOINT_FREQ),
     )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        log_path = output_dir / "main_job.log"
-        with open(log_path, "a", encoding="utf-8") as log_file:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "main_job.log"
+    with open(log_path, "a", encoding="utf-8") as log_file:
 
-            def log(line: str) -> None:
-                log_file.write(line + "\n")
-                log_file.flush()
+        def log(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
 
-            run_dirs = run_sweep(sweep, log=log)
-    except ConfigError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        run_dirs = run_sweep(sweep, log=log)
     table = results_table(load_runs(output_dir))
     table_path = output_dir / "results.md"
     table_path.write_text(table, encoding="utf-8")
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Checkpoints: {output_dir}/<run>/checkpoints/ (orbax)")
     print(f"Recompute the table: python -m experiments.collect_results {output_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the job; returns the exit code (2 on bad input)."""
+    return run_command(build_parser(), _main_job, argv)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Table 2: the ablation ERM, PCGrad, L, L+S, L+S+D, on the embedded datasets.
 
-The runs are a sweep of the trainer (:func:`experiments.sweep.run_sweep`, one sweep per
-dataset, each run in its own directory), and the table is
-:func:`experiments.collect_results.results_table`: DomainBed's training-domain
-validation, mean ± std over trials. This module adds what the comparison with the
-paper needs: per-trial averages, paired differences between consecutive rows of the
-ablation, the smoothing statistics that show whether "D" ever fired, and a figure of the
-gains over ERM next to the paper's.
+The runs are sweeps of the trainer (:class:`experiments.sweep.SweepConfig`, one per
+dataset, each test environment held out alone, each run in its own directory), and the
+table is :func:`experiments.collect_results.results_table`: DomainBed's
+training-domain validation, mean ± std over trials. This module adds what the
+comparison with the paper (``docs/algorithm.md``, Sec. 10) needs: per-trial averages,
+paired differences between consecutive rows of the ablation, the smoothing statistics
+that show whether "D" ever fired, and a figure of the gains over ERM next to the
+paper's. The rows' labels come from the algorithm registry (``paper_label``).
 """
 
 from __future__ import annotations
@@ -20,51 +21,29 @@ from typing import Any
 
 import numpy as np
 
-from experiments import collect_results, outputs
+from experiments import collect_results
+from experiments import run_dir as files
+from experiments.algorithms import get_algorithm
+from experiments.analysis import paper
+from experiments.data import get_dataset_spec
 from experiments.sweep import SweepConfig, make_configs, run_sweep
+from experiments.training import TrainConfig
 
 ABLATION = ("erm", "pcgrad", "corgrad_layer", "corgrad_no_smoothing", "corgrad")
 """The rows of Table 2, in the paper's order."""
 
-LABELS = {
-    "erm": "ERM",
-    "pcgrad": "PCGrad",
-    "corgrad_layer": "L (corgrad_layer)",
-    "corgrad_no_smoothing": "L+S (corgrad_no_smoothing)",
-    "corgrad": "L+S+D (corgrad)",
-}
 
-PAPER_TABLE2 = {
-    "erm": 50.0,
-    "pcgrad": 50.9,
-    "corgrad_layer": 51.6,
-    "corgrad_no_smoothing": 52.4,
-    "corgrad": 53.0,
-}
-"""The paper's Table 2: average accuracy (%) over VLCS, TerraIncognita and DomainNet
-(ResNet-18, training-domain validation)."""
+def paper_label(algorithm: str) -> str:
+    """The algorithm's row in the paper's Table 2 (``L+S``), from its registry entry."""
+    entry = get_algorithm(algorithm)
+    return entry.paper_label or entry.display_name
 
 
-@dataclasses.dataclass(frozen=True)
-class AblationSettings:
-    """What the ablation runs.
-
-    Attributes:
-      test_envs: dataset -> the test environments held out (one at a time).
-      trials: trial seeds 0 .. trials - 1 (data splits and seeds).
-      steps: training steps per run.
-      batch_size: examples per domain and step.
-      checkpoint_freq: steps between evaluations (the trainer also evaluates step 0
-        and the last step); training-domain validation picks among them.
-      max_eval_examples: examples evaluated per split (None: all).
-    """
-
-    test_envs: Mapping[str, tuple[int, ...]]
-    trials: int
-    steps: int
-    batch_size: int
-    checkpoint_freq: int
-    max_eval_examples: int | None
+def label(algorithm: str) -> str:
+    """The paper's label, with the algorithm's name where they differ
+    (``L+S (corgrad_no_smoothing)``, ``ERM``)."""
+    short = paper_label(algorithm)
+    return short if short.lower() == algorithm else f"{short} ({algorithm})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +51,8 @@ class AblationResult:
     """The selected accuracies of every run and what the report says about them.
 
     Attributes:
-      settings: what ran.
+      sweeps: what ran: one sweep per dataset, of the :data:`ABLATION` algorithms, each
+        test environment of ``test_env_choices`` held out alone, sharing one ``run``.
       table: the markdown of :func:`experiments.collect_results.results_table`.
       accuracies: ``(dataset, algorithm, test_env, trial) -> test accuracy`` (fraction)
         of the checkpoint chosen by training-domain validation.
@@ -80,11 +60,11 @@ class AblationResult:
         ``modification_frequency``, ``modification_ratio`` and ``dominant_fraction``.
       num_domains: dataset -> number of training domains N.
       reused_runs: runs found finished in the output folder and not trained again.
-      total_runs: runs in the sweep.
-      seconds: wall time of the sweep and the collection.
+      total_runs: runs in the sweeps.
+      seconds: wall time of the sweeps and the collection.
     """
 
-    settings: AblationSettings
+    sweeps: tuple[SweepConfig, ...]
     table: str
     accuracies: dict[tuple[str, str, int, int], float]
     diagnostics: dict[tuple[str, str], dict[str, float]]
@@ -92,6 +72,28 @@ class AblationResult:
     reused_runs: int
     total_runs: int
     seconds: float
+
+    @property
+    def test_envs(self) -> dict[str, tuple[int, ...]]:
+        """Dataset -> the test environments held out (one at a time)."""
+        return {
+            sweep.datasets[0]: tuple(
+                sweep.test_env_choices
+                if sweep.test_env_choices is not None
+                else range(len(get_dataset_spec(sweep.datasets[0]).environments))
+            )
+            for sweep in self.sweeps
+        }
+
+    @property
+    def run(self) -> TrainConfig:
+        """The arguments every run shares (steps, batch size, evaluation)."""
+        return self.sweeps[0].run
+
+    @property
+    def n_trials(self) -> int:
+        """The number of trial seeds asked for."""
+        return self.sweeps[0].n_trials
 
     @property
     def trials(self) -> list[int]:
@@ -111,14 +113,15 @@ class AblationResult:
     def trial_averages(self, algorithm: str, datasets: Sequence[str] | None = None) -> np.ndarray:
         """Per trial: the accuracy (%) averaged over test envs, then over ``datasets``
         (all by default); trials missing a run are left out."""
-        datasets = list(datasets or self.settings.test_envs)
+        test_envs = self.test_envs
+        datasets = list(datasets or test_envs)
         averages = []
         for trial in self.trials:
             per_dataset = []
             for dataset in datasets:
                 values = [
                     self.accuracies.get((dataset, algorithm, env, trial))
-                    for env in self.settings.test_envs[dataset]
+                    for env in test_envs[dataset]
                 ]
                 if any(v is None for v in values):
                     break
@@ -141,55 +144,14 @@ def _run_diagnostics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     }
 
 
-def run_ablation(
-    settings: AblationSettings, output_dir: Path, *, log: Callable[[str], None] | None = None
-) -> AblationResult:
-    """Runs (or finishes) the ablation sweep under ``output_dir`` and collects it.
-
-    Args:
-      settings: what to run.
-      output_dir: one sub-folder per dataset, one run directory per run; finished runs
-        found there are not trained again (counted in ``reused_runs``).
-      log: extra sink for the trainer's progress lines (they also go to stderr).
-    """
-    start = time.perf_counter()
-    sweeps = [
-        SweepConfig(
-            output_dir=str(output_dir / dataset),
-            datasets=(dataset,),
-            algorithms=ABLATION,
-            test_envs=tuple(envs),
-            n_hparams=1,
-            n_trials=settings.trials,
-            steps=settings.steps,
-            checkpoint_freq=settings.checkpoint_freq,
-            hparams={"batch_size": settings.batch_size},
-            max_eval_examples=settings.max_eval_examples,
-        )
-        for dataset, envs in settings.test_envs.items()
-    ]
-    configs = [config for sweep in sweeps for config in make_configs(sweep)]
-    reused = sum((Path(c.output_dir) / outputs.DONE).exists() for c in configs)
-    for sweep in sweeps:
-        run_sweep(sweep, log=log)
-
-    runs = [
-        run
-        for run in collect_results.load_runs(output_dir)
-        if run.dataset in settings.test_envs
-        and run.algorithm in ABLATION
-        and run.test_envs[0] in settings.test_envs[run.dataset]
-        and run.trial_seed < settings.trials
-    ]
-    selected = collect_results.select_hparams(runs)
-    accuracies = {
-        (dataset, algorithm, envs[0], trial): acc
-        for (dataset, algorithm, envs, trial), acc in selected.items()
-    }
+def _collect_diagnostics(
+    configs: Sequence[TrainConfig],
+) -> tuple[dict[tuple[str, str], dict[str, float]], dict[str, int]]:
+    """Per (dataset, algorithm): the runs' mean diagnostics; per dataset: N."""
     per_run: dict[tuple[str, str], list[dict[str, float]]] = {}
     num_domains: dict[str, int] = {}
     for config in configs:
-        records = outputs.read_records(Path(config.output_dir) / outputs.RESULTS)
+        records = files.read_records(Path(config.output_dir) / files.RESULTS)
         if records:
             per_run.setdefault((config.dataset, config.algorithm), []).append(
                 _run_diagnostics(records)
@@ -199,8 +161,39 @@ def run_ablation(
         key: {name: float(np.mean([d[name] for d in values])) for name in values[0]}
         for key, values in per_run.items()
     }
+    return diagnostics, num_domains
+
+
+def run_ablation(
+    sweeps: Sequence[SweepConfig], *, log: Callable[[str], None] | None = None
+) -> AblationResult:
+    """Runs (or finishes) the ablation's sweeps and collects them.
+
+    Args:
+      sweeps: one per dataset (see :attr:`AblationResult.sweeps`); each has one hparams
+        draw (the defaults), so each run is its setting's result. Finished runs found in
+        their directories are not trained again (counted in ``reused_runs``).
+      log: extra sink for the trainer's progress lines (they also go to stderr).
+    """
+    start = time.perf_counter()
+    configs = [config for sweep in sweeps for config in make_configs(sweep)]
+    reused = sum((Path(c.output_dir) / files.DONE).exists() for c in configs)
+    for sweep in sweeps:
+        run_sweep(sweep, log=log)
+    wanted = {(c.dataset, c.algorithm, tuple(c.test_envs), c.trial_seed) for c in configs}
+    runs = [
+        run
+        for sweep in sweeps
+        for run in collect_results.load_runs(sweep.output_dir)
+        if (run.dataset, run.algorithm, tuple(run.test_envs), run.trial_seed) in wanted
+    ]
+    accuracies = {
+        (run.dataset, run.algorithm, run.test_envs[0], run.trial_seed): run.test_acc
+        for run in runs
+    }
+    diagnostics, num_domains = _collect_diagnostics(configs)
     return AblationResult(
-        settings=settings,
+        sweeps=tuple(sweeps),
         table=collect_results.results_table(runs),
         accuracies=accuracies,
         diagnostics=diagnostics,
@@ -246,19 +239,25 @@ class Step:
         return math.copysign(1.0, self.mean) == math.copysign(1.0, self.paper) and self.mean != 0
 
 
+def paired_gain(result: AblationResult, before: str, after: str) -> np.ndarray:
+    """Per trial present for both: ``after``'s average accuracy minus ``before``'s."""
+    a, b = result.trial_averages(before), result.trial_averages(after)
+    count = min(len(a), len(b))
+    return b[:count] - a[:count]
+
+
 def ablation_steps(result: AblationResult) -> list[Step]:
     """Paired differences between consecutive rows, and from ERM to L+S+D."""
     pairs = [*zip(ABLATION[:-1], ABLATION[1:], strict=True), ("erm", "corgrad")]
     steps = []
     for before, after in pairs:
-        a, b = result.trial_averages(before), result.trial_averages(after)
-        count = min(len(a), len(b))
-        differences = b[:count] - a[:count]
+        differences = paired_gain(result, before, after)
+        count = len(differences)
         steps.append(
             Step(
                 before=before,
                 after=after,
-                paper=PAPER_TABLE2[after] - PAPER_TABLE2[before],
+                paper=paper.TABLE2[after] - paper.TABLE2[before],
                 mean=float(differences.mean()) if count else float("nan"),
                 std=float(differences.std()) if count else float("nan"),
                 trials=count,
@@ -274,28 +273,17 @@ def plot_ablation(result: AblationResult, output_dir: Path) -> Path:
     figure = Figure(figsize=(8, 4.2), layout="constrained")
     ax = figure.subplots()
     positions = np.arange(len(ABLATION))
-    erm = result.trial_averages("erm")
-    ours, spread = [], []
-    for algorithm in ABLATION:
-        values = result.trial_averages(algorithm)
-        count = min(len(values), len(erm))
-        gain = values[:count] - erm[:count]
-        ours.append(float(gain.mean()) if count else float("nan"))
-        spread.append(float(gain.std()) if count else 0.0)
-    paper = [PAPER_TABLE2[a] - PAPER_TABLE2["erm"] for a in ABLATION]
-    ax.bar(positions - 0.2, paper, 0.4, color="tab:grey", label="paper (VLCS/TerraInc/DomainNet)")
-    datasets = ", ".join(f"{d} envs {list(e)}" for d, e in result.settings.test_envs.items())
-    ax.bar(
-        positions + 0.2,
-        ours,
-        0.4,
-        yerr=spread,
-        capsize=3,
-        color="tab:green",
-        label=f"this run ({datasets}; ± std over trials)",
-    )
+    gains = [paired_gain(result, "erm", algorithm) for algorithm in ABLATION]
+    ours = [float(gain.mean()) if len(gain) else float("nan") for gain in gains]
+    spread = [float(gain.std()) if len(gain) else 0.0 for gain in gains]
+    gains_in_paper = [paper.TABLE2[a] - paper.TABLE2["erm"] for a in ABLATION]
+    ax.bar(positions - 0.2, gains_in_paper, 0.4, color="tab:grey",
+           label=f"paper ({paper.TABLE2_DATA})")
+    datasets = ", ".join(f"{d} envs {list(e)}" for d, e in result.test_envs.items())
+    ax.bar(positions + 0.2, ours, 0.4, yerr=spread, capsize=3, color="tab:green",
+           label=f"this run ({datasets}; ± std over trials)")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(positions, [LABELS[a].split(" (")[0] for a in ABLATION])
+    ax.set_xticks(positions, [paper_label(a) for a in ABLATION])
     ax.set_ylabel("accuracy gain over ERM (points)")
     ax.set_title("Table 2 (ablation): gain over ERM, paired by trial")
     ax.legend(fontsize=8)
@@ -306,17 +294,22 @@ def plot_ablation(result: AblationResult, output_dir: Path) -> Path:
 
 def summary(result: AblationResult) -> dict[str, Any]:
     """The numbers of Table 2, for JSON."""
+    run = result.run
     return {
         "settings": {
-            **dataclasses.asdict(result.settings),
-            "test_envs": {k: list(v) for k, v in result.settings.test_envs.items()},
+            "test_envs": {k: list(v) for k, v in result.test_envs.items()},
+            "trials": result.n_trials,
+            "steps": run.steps,
+            "batch_size": (run.hparams or {}).get("batch_size"),
+            "checkpoint_freq": run.checkpoint_freq,
+            "max_eval_examples": run.max_eval_examples,
         },
         "accuracies": [
             {"dataset": d, "algorithm": a, "test_env": e, "trial": t, "test_acc": acc}
             for (d, a, e, t), acc in sorted(result.accuracies.items())
         ],
         "averages": {a: result.trial_averages(a).tolist() for a in ABLATION},
-        "paper": PAPER_TABLE2,
+        "paper": paper.TABLE2,
         "steps": [dataclasses.asdict(s) for s in ablation_steps(result)],
         "diagnostics": {f"{d}/{a}": v for (d, a), v in result.diagnostics.items()},
         "reused_runs": result.reused_runs,

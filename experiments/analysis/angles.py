@@ -197,9 +197,8 @@ def analyze_angles(
     return results
 
 
-def plot_angles(results: Sequence[AngleResult], output_dir: Path) -> list[Path]:
-    """Writes ``fig3_angle_density.png`` (histograms against eq. (9), one panel per n)
-    and ``fig3_angle_variance.png`` (densities on [0, pi]; eq. (10) shrinking with n)."""
+def plot_densities(results: Sequence[AngleResult], output_dir: Path) -> Path:
+    """Writes ``fig3_angle_density.png``: histograms against eq. (9), one panel per n."""
     from matplotlib.figure import Figure
 
     columns = min(3, len(results))
@@ -229,8 +228,15 @@ def plot_angles(results: Sequence[AngleResult], output_dir: Path) -> list[Path]:
         "Figure 3: angle between a fixed and a uniformly random vector in "
         r"$\mathbb{R}^n$"
     )
-    density_path = output_dir / "fig3_angle_density.png"
-    figure.savefig(density_path, dpi=110)
+    path = output_dir / "fig3_angle_density.png"
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def plot_variances(results: Sequence[AngleResult], output_dir: Path) -> Path:
+    """Writes ``fig3_angle_variance.png``: the densities on [0, pi], and eq. (10)
+    shrinking with n against Monte Carlo."""
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4), layout="constrained")
     left, right = figure.subplots(1, 2)
@@ -261,9 +267,15 @@ def plot_angles(results: Sequence[AngleResult], output_dir: Path) -> list[Path]:
     right.set_ylabel(r"Var$_n$ = E[($\theta - \pi/2)^2$]")
     right.set_title("The spread around $\\pi/2$ shrinks with n")
     right.legend(fontsize=8)
-    variance_path = output_dir / "fig3_angle_variance.png"
-    figure.savefig(variance_path, dpi=110)
-    return [density_path, variance_path]
+    path = output_dir / "fig3_angle_variance.png"
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def plot_angles(results: Sequence[AngleResult], output_dir: Path) -> list[Path]:
+    """Writes ``fig3_angle_density.png`` (histograms against eq. (9), one panel per n)
+    and ``fig3_angle_variance.png`` (densities on [0, pi]; eq. (10) shrinking with n)."""
+    return [plot_densities(results, output_dir), plot_variances(results, output_dir)]
 
 
 def _check_dimension(n: int) -> None:

@@ -43,7 +43,7 @@ class EnvironmentSplits(Protocol):
 
         ``domains`` and ``examples`` select rows ``[domains, examples]`` of that batch
         and only those are loaded: on several hosts, each process loads the rows its
-        own devices hold (:meth:`experiments.parallel.ShardingPlan.global_batch`).
+        own devices hold (:meth:`experiments.training.parallel.ShardingPlan.global_batch`).
         """
         ...
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from experiments.data.base import Batch, Split
 from experiments.data.sampling import batch_indices
+from experiments.data.splits import holdout_split
 from experiments.seeding import seed_hash
 
 ROTATED_MNIST_ANGLES = (0, 15, 30, 45, 60, 75)
@@ -117,20 +118,6 @@ def _colored_environment(
 
 
 _BUILDERS = {"RotatedMNIST": _rotated_environment, "ColoredMNIST": _colored_environment}
-
-
-def holdout_split(
-    num_examples: int, holdout_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(in indices, out indices)``: DomainBed's ``misc.split_dataset``.
-
-    A permutation from ``RandomState(seed)``; its first ``int(n * holdout_fraction)``
-    entries are the held-out ``out`` split, the rest the ``in`` split.
-    """
-    keys = np.arange(num_examples)
-    np.random.RandomState(seed).shuffle(keys)
-    num_out = int(num_examples * holdout_fraction)
-    return np.sort(keys[num_out:]), np.sort(keys[:num_out])
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,29 +1,98 @@
-"""Networks of the trainer: DomainBed's ``MNIST_CNN`` for 28x28 data, ResNet-18 otherwise.
+"""The trainer's networks: a registry of models chosen by name, with a default per dataset.
 
 Every model is called as ``model.apply(variables, x, train=bool, rngs={"dropout": key})``
-with ``x`` of shape ``(B, H, W, C)`` and returns logits ``(B, num_classes)``.
+with ``x`` of shape ``(B, H, W, C)`` and returns logits ``(B, num_classes)``. A dataset
+entry names its default (:attr:`experiments.data.DatasetSpec.model`); ``--model``
+chooses another. A new model is one :func:`register` call.
+
+Example:
+  >>> get_model("mnist_cnn", 10, {}).num_classes
+  10
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 
 from experiments.models.mnist_cnn import MNIST_CNN as MNIST_CNN
 
+PyTree = Any
 
-def get_model(
-    input_shape: tuple[int, int, int], num_classes: int, hparams: Mapping[str, Any]
-) -> nn.Module:
-    """The network DomainBed trains on inputs of ``input_shape`` (H, W, C).
 
-    ``MNIST_CNN`` for 28x28 inputs; otherwise torchvision's ResNet-18 with frozen
-    BatchNorm and dropout ``hparams["resnet_dropout"]`` before the classifier.
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A network of the trainer.
+
+    Attributes:
+        name: the ``--model`` value.
+        build: ``build(num_classes, hparams)`` returns the Flax module.
+        load_pretrained: ``load_pretrained(path, variables)`` returns the variables with
+            the weights of a file (``--pretrained``); None if the model has none.
+        description: what it is, for the docs.
     """
-    if tuple(input_shape[:2]) == (28, 28):
-        return MNIST_CNN(num_classes=num_classes)
+
+    name: str
+    build: Callable[[int, Mapping[str, Any]], nn.Module]
+    load_pretrained: Callable[[str | os.PathLike[str], PyTree], PyTree] | None = None
+    description: str = ""
+
+
+MODELS: dict[str, Model] = {}
+"""Every registered model by name."""
+
+
+def register(model: Model) -> Model:
+    """Adds ``model`` to :data:`MODELS`."""
+    if model.name in MODELS:
+        raise ValueError(f"model {model.name!r} is registered twice")
+    MODELS[model.name] = model
+    return model
+
+
+def get_model_entry(name: str) -> Model:
+    """The entry of ``name``.
+
+    Raises:
+        ValueError: no such model, naming the known ones.
+    """
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
+
+
+def get_model(name: str, num_classes: int, hparams: Mapping[str, Any]) -> nn.Module:
+    """The Flax module of model ``name`` for ``num_classes`` labels."""
+    return get_model_entry(name).build(num_classes, hparams)
+
+
+def _resnet18(num_classes: int, hparams: Mapping[str, Any]) -> nn.Module:
     from experiments.models.resnet import ResNet18
 
-    return ResNet18(num_classes=num_classes, dropout_rate=float(hparams.get("resnet_dropout", 0.0)))
+    return ResNet18(num_classes=num_classes,
+                    dropout_rate=float(hparams.get("resnet_dropout", 0.0)))
+
+
+def _resnet18_weights(path: str | os.PathLike[str], variables: PyTree) -> PyTree:
+    from experiments.models.pretrained import load_resnet18_weights
+
+    return load_resnet18_weights(path, variables)
+
+
+register(Model(
+    name="mnist_cnn",
+    build=lambda num_classes, hparams: MNIST_CNN(num_classes=num_classes),
+    description="DomainBed's MNIST_CNN, for 28x28 inputs",
+))
+register(Model(
+    name="resnet18",
+    build=_resnet18,
+    load_pretrained=_resnet18_weights,
+    description="torchvision's ResNet-18, BatchNorm frozen, dropout `resnet_dropout` "
+    "before the classifier; `--pretrained` takes torchvision weights",
+))

@@ -1,32 +1,16 @@
-"""What a run writes, and how it survives being killed at any moment.
+"""The orbax checkpoints of a run, and how a damaged one is passed over.
 
-A run directory holds (DomainBed's layout, plus the checkpoints)::
-
-    args.json        the arguments that define the run (a resumed run must match them)
-    results.jsonl    one JSON record per checkpoint: step, loss, env{i}_in_acc,
-                     env{i}_out_acc, the diagnostics, hparams, args
-    checkpoints/     orbax checkpoints of the train state, at every record's step
-    damaged_checkpoints/
-                     checkpoints that did not restore, moved aside (kept, not deleted)
-    done             written last: the run is finished
-
-Crash safety: a record is appended (one ``write`` call, then ``fsync``) *before* the
-checkpoint of its step is saved, and orbax finalizes a checkpoint by an atomic rename.
-So after a kill, every checkpoint has its record; a resumed run truncates
-``results.jsonl`` to the last checkpoint's step (dropping records of steps it will
-redo, and any torn last line) and continues from that checkpoint.
-
-A checkpoint whose files were damaged afterwards (a full disk, a copy cut short) does
-not restore: the run says so in one line, resumes from the newest one that does (orbax
-keeps two), and moves the newer, damaged ones to ``damaged_checkpoints/`` so that their
-steps can be saved again. When none restores, it stops with :class:`CheckpointError`
-and changes nothing.
+Saving is synchronous, so a record's checkpoint is complete when it returns; the last
+two are kept. A checkpoint whose files were damaged afterwards (a full disk, a copy cut
+short) does not restore: the run says so in one line, resumes from the newest one that
+does, and moves the newer, damaged ones to ``damaged_checkpoints/`` (kept, not deleted)
+so that their steps can be saved again. When none restores, :class:`CheckpointError`
+and nothing changes. The other files of a run directory: :mod:`experiments.run_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -36,15 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-RESULTS = "results.jsonl"
-ARGS = "args.json"
-DONE = "done"
-CHECKPOINTS = "checkpoints"
-DAMAGED_CHECKPOINTS = "damaged_checkpoints"
-
-Record = dict[str, Any]
-
-logging.getLogger("absl").setLevel(logging.WARNING)
+from experiments.run_dir import DAMAGED_CHECKPOINTS, fsync_directory
 
 
 @contextlib.contextmanager
@@ -57,64 +33,6 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replaces ``path``'s content by ``text``: readers see the old or the new file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
-
-
-def append_record(path: Path, record: Record) -> None:
-    """Appends ``record`` as one JSON line, in a single ``write`` call, then fsyncs."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = os.write(fd, line)
-        if written != len(line):  # a regular file takes it all, unless the disk is full
-            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_records(path: Path) -> list[Record]:
-    """The records of a ``results.jsonl``; a torn last line (a crash) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
-
-
-def truncate_records(path: Path, last_step: int | None, *, write: bool = True) -> list[Record]:
-    """Keeps the records up to step ``last_step`` (none if None); returns them.
-
-    With ``write=False`` (every process but the writer) the file is only read.
-    """
-    kept = [r for r in read_records(path) if last_step is not None and r["step"] <= last_step]
-    if write and path.exists():
-        write_atomically(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    return kept
 
 
 class CheckpointError(ValueError):
@@ -186,7 +104,7 @@ class Checkpoints:
         while target.exists():
             target, copy = damaged / f"{step}.{copy}", copy + 1
         os.replace(self._directory / str(step), target)
-        _fsync_directory(self._directory)
+        fsync_directory(self._directory)
 
     def save(self, step: int, state: Any) -> None:
         """Saves ``state`` as the checkpoint of ``step`` (blocking)."""

@@ -2,8 +2,8 @@
 
 As in flax/examples: the state is a :class:`flax.training.train_state.TrainState`
 (``apply_fn`` and ``tx`` are static fields), the steps are pure functions of it, jitted
-by the caller (:mod:`experiments.train`), on one device or on a mesh
-(:mod:`experiments.parallel`).
+once per process (:data:`jitted_train_step`, :data:`jitted_eval_step`), on one device or
+on a mesh (:mod:`experiments.training.parallel`).
 
 One training step: every training domain's minibatch (stacked on axis 0) gives one loss
 and one gradient, stacked ``(D, *param.shape)`` by
@@ -15,7 +15,8 @@ turns them into one update. BatchNorm statistics (ResNet-18) are frozen: they li
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -24,10 +25,29 @@ import optax
 from flax.training import train_state
 
 import corgrad_jax
-from experiments.algorithms import diagnostics
-from experiments.parallel import ShardingPlan
+from experiments.training.optimizer import diagnostics
+from experiments.training.parallel import ShardingPlan
 
 PyTree = Any
+
+
+class Probe(Hashable, Protocol):
+    """Extra statistics of every step's stacked per-domain gradients, computed inside the
+    jitted step (e.g. the analysis's diagnostics of every granularity at once).
+
+    A probe is hashable (a static argument of the step); its state travels with the
+    loop, not with the checkpoints.
+    """
+
+    def init(self, params: PyTree) -> PyTree:
+        """The probe's first state."""
+        ...
+
+    def __call__(
+        self, grads: PyTree, params: PyTree, state: PyTree
+    ) -> tuple[PyTree, dict[str, jax.Array]]:
+        """``(new state, named scalar statistics)`` of one step's stacked gradients."""
+        ...
 
 
 class TrainState(train_state.TrainState):
@@ -96,7 +116,7 @@ def domain_gradients(
     Domain d's dropout uses the d-th split of ``dropout_key``; ``gradient_method`` is that
     of :func:`corgrad_jax.per_domain_gradients`. On a ``plan`` whose mesh splits the
     domain axis, each group of devices computes the gradients of its own domains
-    (:meth:`~experiments.parallel.ShardingPlan.map_domains`).
+    (:meth:`~experiments.training.parallel.ShardingPlan.map_domains`).
     """
     num_domains = batch["y"].shape[0]
     stacked = {**batch, "dropout_key": jax.random.split(dropout_key, num_domains)}
@@ -124,38 +144,46 @@ def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     dropout_key: jax.Array,
+    probe_state: PyTree = None,
     *,
     gradient_method: str = "loop",
     plan: ShardingPlan | None = None,
-) -> tuple[TrainState, dict[str, jax.Array]]:
+    probe: Probe | None = None,
+) -> tuple[TrainState, dict[str, jax.Array], PyTree]:
     """One update from one minibatch per training domain.
 
     Args:
         state: the train state.
         batch: ``{"x": (D, B, H, W, C), "y": (D, B)}``.
         dropout_key: this step's key; domain d's dropout uses its d-th split.
+        probe_state: the state of ``probe``.
         gradient_method: how :func:`corgrad_jax.per_domain_gradients` computes the
             per-domain gradients (``"loop"``, ``"vmap"`` or ``"vjp"``).
-        plan: where the arrays live on a device mesh (:mod:`experiments.parallel`): the
-            domains are split over its domain axis, the algorithm runs under its mesh
-            (so :func:`corgrad_jax.partitioned` splits the stacked gradients over all
-            devices) and the new state is pinned to its state specs; None leaves
-            placement to XLA (one device).
+        plan: where the arrays live on a device mesh (:mod:`experiments.training.
+            parallel`): the domains are split over its domain axis, the algorithm runs
+            under its mesh (so :func:`corgrad_jax.partitioned` splits the stacked
+            gradients over all devices) and the new state is pinned to its state specs;
+            None leaves placement to XLA (one device).
+        probe: statistics of the stacked gradients to add to the metrics.
 
     Returns:
-        The new state, and the metrics ``loss`` (mean of the domain losses) and the
-        algorithm's diagnostics (modification frequency and ratio, dominant fraction).
+        The new state; the metrics ``loss`` (mean of the domain losses), the algorithm's
+        diagnostics (modification frequency and ratio, dominant fraction) and the
+        probe's; and the probe's new state.
     """
     losses, grads = domain_gradients(
         state, batch, dropout_key, gradient_method=gradient_method, plan=plan
     )
+    probed: dict[str, jax.Array] = {}
+    if probe is not None:
+        probe_state, probed = probe(grads, state.params, probe_state)
     if plan is None:
         state = state.apply_gradients(grads=grads)
     else:  # the algorithm splits the stacked gradients over the mesh (partitioned)
         with jax.sharding.use_abstract_mesh(plan.mesh.abstract_mesh):
             state = state.apply_gradients(grads=grads)
         state = plan.constrain_state(state)
-    return state, {"loss": jnp.mean(losses), **diagnostics(state.opt_state)}
+    return state, {"loss": jnp.mean(losses), **diagnostics(state.opt_state), **probed}, probe_state
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
@@ -163,3 +191,12 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
     logits = state.apply_fn(_variables(state, state.params), batch["x"], train=False)
     correct = (jnp.argmax(logits, axis=-1) == batch["y"]) & batch["mask"]
     return jnp.sum(correct, dtype=jnp.int32)
+
+
+jitted_train_step = jax.jit(
+    train_step, static_argnames=("gradient_method", "plan", "probe"), donate_argnums=0
+)
+""":func:`train_step`, compiled once per process for each model, algorithm and layout."""
+jitted_eval_step = jax.jit(eval_step)
+""":func:`eval_step`, compiled once per process for each model (the state's optimizer
+removed, so every algorithm shares it)."""

@@ -23,13 +23,13 @@ class Stop(Exception):
 
 def main(spec_json: str) -> None:
     spec = json.loads(spec_json)
-    from experiments import parallel
+    from experiments.training import parallel, processes
 
-    parallel.initialize_distributed(spec.get("distributed", "auto"))
+    processes.initialize_distributed(spec.get("distributed", "auto"))
     import jax
 
     from experiments.data import mnist
-    from experiments.train import TrainConfig, run
+    from experiments.training import Hooks, TrainConfig, run
 
     if spec.get("row_log"):
         original = mnist.InMemoryEnvironments.train_batch
@@ -52,12 +52,14 @@ def main(spec_json: str) -> None:
         layout = {name: values.pop(name) for name in names if name in values}
         values["layout"] = parallel.DeviceLayout(**layout)
 
-        def on_step(step: int, stop_after: int | None = stop_after) -> None:
+        def after_step(step: int, metrics: Any, stop_after: int | None = stop_after) -> None:
+            del metrics
             if stop_after is not None and step == stop_after:
                 raise Stop
 
         try:
-            records = run(TrainConfig(**values), on_step=on_step, log=lambda _: None)
+            records = run(TrainConfig(**values), hooks=Hooks(after_step=after_step),
+                          log=lambda _: None)
         except Stop:
             records = []
         results.append([{k: v for k, v in r.items() if k != "step_time"} for r in records])

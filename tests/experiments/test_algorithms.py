@@ -1,4 +1,5 @@
-"""Tests of :mod:`experiments.algorithms`: the name -> optax transformation mapping."""
+"""Tests of the algorithm registry (:mod:`experiments.algorithms`) and of how the trainer
+builds its optimizers from it (:mod:`experiments.training.optimizer`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import optax
 import pytest
 
 import corgrad_jax
-from experiments.algorithms import (
-    ALGORITHMS,
+from experiments.algorithms import ALGORITHMS, display_name, get_algorithm
+from experiments.algorithms.torch_layout import in_torch_layout
+from experiments.hparams_registry import default_hparams
+from experiments.training.optimizer import (
     DIAGNOSTICS,
     build_algorithm,
     build_optimizer,
     diagnostics,
-    in_torch_layout,
 )
-from experiments.hparams_registry import default_hparams
 
 PARAMS = {
     "conv": {"kernel": jnp.ones((3, 3, 4, 20)), "bias": jnp.ones(20)},
@@ -129,3 +130,17 @@ def test_in_torch_layout_slices_kernels_like_pytorch() -> None:
 def test_unknown_algorithm_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown algorithm 'sgd'"):
         build_algorithm("sgd", {}, seed=0, total_steps=10)
+
+
+def test_the_registry_names_every_algorithm_once_without_importing_jax() -> None:
+    import subprocess
+    import sys
+
+    script = ("import sys; import experiments.algorithms as a; "
+              "print(len(a.ALGORITHMS), 'jax' in sys.modules, a.display_name('corgrad'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == [str(len(ALGORITHMS)), "False", "CorGrad"]
+    assert display_name("ERM") == "ERM"  # a DomainBed name is shown as it is
+    labels = [get_algorithm(name).paper_label for name in ALGORITHMS]
+    assert [label for label in labels if label] == ["ERM", "PCGrad", "L+S+D", "L", "L+S"]

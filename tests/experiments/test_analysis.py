@@ -1,8 +1,10 @@
 """Tests of :mod:`experiments.analysis`: eq. (9)/(10) against closed forms and Monte Carlo,
-the element statistics against the library, and every output of ``--quick``."""
+the element statistics and the granularity probe against the library, the verdicts, the
+flags, and every output of ``--quick``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,7 +17,19 @@ import pytest
 from scipy import special
 
 import corgrad_jax
-from experiments.analysis import ablation, angles, granularity, report
+from experiments import run_dir
+from experiments.analysis import (
+    ablation,
+    angles,
+    granularity,
+    granularity_probe,
+    paper,
+    report,
+    settings,
+    verdicts,
+)
+from experiments.sweep import SweepConfig
+from experiments.training import TrainConfig
 
 DIMENSIONS = [2, 3, 4, 10, 1_000, 100_000]
 
@@ -97,7 +111,7 @@ def _stacked(num_domains: int, seed: int, zeros: bool = False) -> dict:
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_element_statistics_equal_the_library(num_domains: int, zeros: bool, shuffle: bool) -> None:
     grads = _stacked(num_domains, seed=num_domains, zeros=zeros)
-    ours = granularity.element_statistics(grads)
+    ours = granularity_probe.element_statistics(grads)
     probe = corgrad_jax.corgrad(alpha=None, granularity="element", shuffle=shuffle, seed=3)
     _, state = probe.update(grads, probe.init(PARAMS), PARAMS)
     tree_get = optax.tree_utils.tree_get
@@ -127,20 +141,24 @@ def test_element_statistics_equal_the_library(num_domains: int, zeros: bool, shu
 
 def test_random_gradients_give_the_papers_quoted_element_start() -> None:
     params = {"w": jnp.zeros((200, 500))}
-    reference = granularity.random_reference(params, [3, 5])
-    for n, quote in report.PAPER_QUOTED_ELEMENT_START.items():
+    reference = granularity_probe.random_reference(params, [3, 5])
+    for n, quote in paper.QUOTED_ELEMENT_START.items():
         assert reference[n]["all_agree"] == pytest.approx(quote, abs=0.01)  # 1/2^(N-1)
         assert reference[n]["pairwise_original"] == pytest.approx(0.5, abs=0.01)
         assert reference[n]["frequency"] == pytest.approx((1 - quote) / (n - 1), abs=0.01)
-    best, _ = report._which_quantity_paper_plotted(reference)
-    assert best == "share with all N signs agreeing"
+    best, deviations = verdicts.paper_plotted(reference)
+    assert best is verdicts.ElementQuantity.ALL_SIGNS_AGREE
+    assert best.label == "share with all N signs agreeing"
+    assert deviations[verdicts.ElementQuantity.AS_PRINTED] == pytest.approx(1 / 4 - 1 / 5)
 
 
 def _trace(steps: int) -> granularity.GranularityTrace:
     rng = np.random.default_rng(0)
-    frequency = {g: rng.uniform(0, 1, steps) for g in granularity.GRANULARITIES}
+    frequency = {g: rng.uniform(0, 1, steps) for g in granularity_probe.GRANULARITIES}
     frequency["model"][: steps // 2] = 0.0  # no conflict: the ratio must not count
-    ratio = {g: rng.uniform(0, 1, steps) * (frequency[g] > 0) for g in granularity.GRANULARITIES}
+    ratio = {
+        g: rng.uniform(0, 1, steps) * (frequency[g] > 0) for g in granularity_probe.GRANULARITIES
+    }
     return granularity.GranularityTrace(
         dataset="RotatedMNIST",
         test_envs=(0,),
@@ -174,10 +192,11 @@ def test_bins_average_frequencies_and_weight_ratios_by_modified_tests() -> None:
 
 
 def test_verdicts_need_the_overall_and_the_bins_to_agree() -> None:
-    assert report._verdict(True, 6, 10) == "holds"
-    assert report._verdict(False, 2, 10) == "does not hold"
-    assert report._verdict(True, 2, 10) == "mixed"
-    assert report._verdict(False, 9, 10) == "mixed"
+    Verdict = verdicts.Verdict
+    assert verdicts.verdict(True, 6, 10) is Verdict.HOLDS
+    assert verdicts.verdict(False, 2, 10) is Verdict.DOES_NOT_HOLD
+    assert verdicts.verdict(True, 2, 10) is Verdict.MIXED
+    assert verdicts.verdict(False, 9, 10) is Verdict.MIXED
 
 
 # ----------------------------------------------------------------------------------------
@@ -185,13 +204,14 @@ def test_verdicts_need_the_overall_and_the_bins_to_agree() -> None:
 
 
 def test_ablation_steps_are_paired_differences() -> None:
-    settings = ablation.AblationSettings(
-        test_envs={"RotatedMNIST": (0, 5)},
-        trials=3,
-        steps=1,
-        batch_size=1,
-        checkpoint_freq=1,
-        max_eval_examples=None,
+    sweep = SweepConfig(
+        output_dir="unused",
+        datasets=("RotatedMNIST",),
+        algorithms=ablation.ABLATION,
+        test_env_choices=(0, 5),
+        single_test_envs=True,
+        n_trials=3,
+        run=TrainConfig(steps=1, checkpoint_freq=1, hparams={"batch_size": 1}),
     )
     accuracies = {}
     for index, algorithm in enumerate(ablation.ABLATION):
@@ -201,7 +221,7 @@ def test_ablation_steps_are_paired_differences() -> None:
                     0.5 + 0.01 * index + (0.1 * trial if env == 0 else 0.0)
                 )
     result = ablation.AblationResult(
-        settings=settings,
+        sweeps=(sweep,),
         table="",
         accuracies=accuracies,
         diagnostics={},
@@ -217,9 +237,23 @@ def test_ablation_steps_are_paired_differences() -> None:
     assert steps[-1].paper == pytest.approx(3.0)
 
 
+def test_table2_rows_are_labelled_from_the_registry() -> None:
+    assert [ablation.paper_label(a) for a in ablation.ABLATION] == [
+        "ERM", "PCGrad", "L", "L+S", "L+S+D"
+    ]
+    assert ablation.label("erm") == "ERM"
+    assert ablation.label("corgrad_no_smoothing") == "L+S (corgrad_no_smoothing)"
+    assert ablation.label("corgrad") == "L+S+D (corgrad)"
+    assert set(paper.TABLE2) == set(ablation.ABLATION)
+
+
 @pytest.mark.slow
 def test_quick_run_writes_every_output(tmp_path: Path) -> None:
     output = tmp_path / "analysis"
+    # A run directory left by an earlier (killed) analysis is redone from step 0.
+    stale = output / settings.GRANULARITY_RUN
+    stale.mkdir(parents=True)
+    (stale / run_dir.ARGS).write_text("{}", encoding="utf-8")
     assert report.main(["--quick", "--output_dir", str(output)]) == 0
     for name in (
         "fig3_angle_density.png",
@@ -233,17 +267,120 @@ def test_quick_run_writes_every_output(tmp_path: Path) -> None:
     for heading in ("## 1. Figure 3", "## 2. Figures 6 and 7", "## 3. Table 2", "## Timing"):
         assert heading in text
     assert "Wall time, end to end:" in text
+    assert "SPEC" not in text and "docs/algorithm.md" in text
     numbers = json.loads((output / report.NUMBERS).read_text(encoding="utf-8"))
-    assert {r["n"] for r in numbers["figure3"]} == set(report.QUICK.angle_dimensions)
+    assert {r["n"] for r in numbers["figure3"]} == set(settings.QUICK.angle_dimensions)
     assert len(numbers["figures6_7"]["bins"]) == 10
-    assert len(numbers["table2"]["accuracies"]) == 5 * report.QUICK.ablation.trials
+    assert numbers["figures6_7"]["steps"] == settings.QUICK.granularity_steps
+    assert (stale / run_dir.DONE).exists()
+    assert len(numbers["table2"]["accuracies"]) == 5 * settings.QUICK.table2_trials
     runs = list((output / "table2").rglob("done"))
-    assert len(runs) == 5 * report.QUICK.ablation.trials
+    assert len(runs) == 5 * settings.QUICK.table2_trials
 
 
-def test_bad_flags_exit_with_code_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert report.main(["--quick", "--table2_datasets", "PACS"]) == 2
-    assert "embedded datasets" in capsys.readouterr().err
-    assert report.main(["--quick", "--granularity_driver", "sgd"]) == 2
-    assert "unknown --granularity_driver" in capsys.readouterr().err
-    assert report.main(["--quick", "--table2_test_envs", "9"]) == 2
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_bad_flags_exit_with_code_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    output = ["--output_dir", str(tmp_path / "out")]
+    assert report.main(["--quick", *output, "--table2_datasets", "PACS"]) == 2
+    assert "embedded datasets" in _one_line(capsys)
+    assert report.main(["--quick", *output, "--granularity_driver", "sgd"]) == 2
+    err = _one_line(capsys)
+    assert "--granularity_" in err and "unknown algorithm 'sgd'" in err
+    assert report.main(["--quick", *output, "--table2_test_envs", "9"]) == 2
+    assert "test env 9 is out of range" in _one_line(capsys)
+    assert report.main(["--quick", *output, "--table2_steps", "0"]) == 2
+    err = _one_line(capsys)
+    assert "Table 2" in err and "steps must be at least 1, got 0" in err
+    assert report.main(["--quick", *output, "--table2_max_eval_examples", "-3"]) == 2
+    assert "max_eval_examples must be at least 1" in _one_line(capsys)
+    assert report.main(["--quick", *output, "--granularity_batch_size", "0"]) == 2
+    assert "hparam batch_size: 0" in _one_line(capsys)
+    assert report.main(["--quick", *output, "--angle_max_samples", "0"]) == 2
+    assert "--angle_max_samples must be at least 1" in _one_line(capsys)
+    assert not (tmp_path / "out").exists()  # checked before any work
+
+
+@pytest.mark.parametrize(
+    "argv", [["--table2_steps", "many"], ["--table2_max_eval_examples", "most"], ["--nope"]]
+)
+def test_a_flag_that_does_not_parse_exits_with_code_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--quick", *argv])
+    assert exit_info.value.code == 2
+    assert _one_line(capsys).startswith("python -m experiments.analysis: error: ")
+
+
+def _settings(argv: list[str]) -> settings.AnalysisSettings:
+    return settings.settings_from_args(settings.build_parser().parse_args(argv))
+
+
+def test_max_eval_examples_means_what_train_means(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _settings([]).table2_max_eval_examples == 300
+    assert _settings(["--quick"]).table2_max_eval_examples == 16
+    assert _settings(["--table2_max_eval_examples", "5"]).table2_max_eval_examples == 5
+    every = _settings(["--table2_max_eval_examples", "all"])
+    assert every.table2_max_eval_examples is None
+    assert capsys.readouterr().err == ""
+    (sweep,) = settings.table2_sweeps(every, Path("out"))
+    assert sweep.run.max_eval_examples is None  # train's "all"
+
+
+def test_max_eval_examples_0_is_deprecated_and_means_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deprecated = _settings(["--quick", "--table2_max_eval_examples", "0"])
+    assert "--table2_max_eval_examples 0 is deprecated" in _one_line(capsys)
+    assert deprecated == dataclasses.replace(settings.QUICK, table2_max_eval_examples=None)
+    settings.check(deprecated, Path("out"))  # valid: every example
+
+
+def test_flags_replace_the_presets_and_compose_the_trainers_configs() -> None:
+    chosen = _settings([
+        "--quick", "--seed", "3", "--granularity_test_envs", "1", "2",
+        "--table2_datasets", "RotatedMNIST", "ColoredMNIST", "--table2_trials", "1",
+    ])
+    assert chosen == dataclasses.replace(
+        settings.QUICK, seed=3, granularity_test_envs=(1, 2),
+        table2_datasets=("RotatedMNIST", "ColoredMNIST"), table2_trials=1,
+    )
+    run = settings.granularity_run(chosen, Path("out"))
+    assert (run.test_envs, run.seed, run.trial_seed, run.holdout_fraction) == ((1, 2), 3, 0, 0.2)
+    assert run.steps == run.checkpoint_freq == settings.QUICK.granularity_steps
+    assert run.hparams == {"batch_size": settings.QUICK.granularity_batch_size}
+    assert run.output_dir == str(Path("out") / settings.GRANULARITY_RUN)
+    sweeps = settings.table2_sweeps(chosen, Path("out"))
+    assert [s.datasets for s in sweeps] == [("RotatedMNIST",), ("ColoredMNIST",)]
+    assert all(s.test_env_choices == (0,) and s.single_test_envs for s in sweeps)
+    defaults = settings.table2_sweeps(settings.DEFAULT, Path("out"))
+    assert defaults[0].test_env_choices == (0, 5)
+    assert defaults[0].run.max_eval_examples == 300
+    settings.check(chosen, Path("out"))
+
+
+def test_the_granularity_probe_reports_the_librarys_diagnostics() -> None:
+    grads = _stacked(4, seed=7)
+    probe = granularity_probe.GranularityProbe(num_slices=2, seed=5)
+    state, metrics = jax.jit(probe)(grads, PARAMS, probe.init(PARAMS))
+    tree_get = optax.tree_utils.tree_get
+    for g in granularity_probe.COARSE_GRANULARITIES:
+        library = corgrad_jax.corgrad(2, alpha=None, granularity=g, seed=5)
+        _, expected = library.update(grads, library.init(PARAMS), PARAMS)
+        for quantity in granularity_probe.QUANTITIES:
+            assert float(metrics[f"{g}/{quantity}"]) == pytest.approx(
+                float(tree_get(expected, quantity)), abs=1e-6
+            ), (g, quantity)
+    element = granularity_probe.element_statistics(grads)
+    for key, name in [("modification_frequency", "frequency"), ("modification_ratio", "ratio"),
+                      ("pairwise_original", "pairwise_original"), ("all_agree", "all_agree")]:
+        assert float(metrics[f"element/{key}"]) == pytest.approx(float(element[name]), abs=1e-7)
+    assert set(state) == set(granularity_probe.COARSE_GRANULARITIES)
+    assert hash(probe) == hash(granularity_probe.GranularityProbe(num_slices=2, seed=5))

@@ -64,6 +64,8 @@ def _fails(main, argv: list[str], capsys: pytest.CaptureFixture[str], message: s
         (["--num_devices", "0"], "num_devices must be at least 1"),
         (["--num_devices", "2"], "num_devices 2 is not in [1, 1]: this job sees 1 device"),
         (["--domain_parallel", "2"], "domain_parallel 2 does not divide the 1 devices"),
+        (["--model", "vit"], "unknown model 'vit'; expected one of mnist_cnn, resnet18"),
+        (["--pretrained", "w.safetensors"], "--pretrained needs a model with weights; mnist_cnn"),
     ],
 )
 def test_train_rejects_bad_input_in_one_line(
@@ -116,7 +118,7 @@ def test_sweep_and_collect_results_reject_bad_input(
     )
     _fails(
         sweep.main,
-        ["--output_dir", str(tmp_path / "s"), "--test_envs", "9"],
+        ["--output_dir", str(tmp_path / "s"), "--test_env_choices", "9"],
         capsys,
         "test env 9 is out of range",
     )

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import collect_results, outputs
+from experiments import collect_results
+from experiments import run_dir as outputs
 
 ENVIRONMENTS = ["A", "B", "C"]
 

@@ -1,4 +1,5 @@
-"""Tests of :mod:`experiments.data.folder` on tiny image trees written in ``tmp_path``.
+"""Tests of the folder datasets (:mod:`experiments.data.folder`, its layout, cache and
+image transforms) on tiny image trees written in ``tmp_path``.
 
 The main tree has four domains and three classes. In the PNG domains every image is a
 constant colour that encodes its class (red channel) and a unique id (green channel),
@@ -15,15 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.data import dataset_shape, folder
-from experiments.data.folder import (
-    DOMAINBED_DATASETS,
+from experiments.data import DATASETS, folder, get_dataset_spec, images
+from experiments.data.folder import load_folder_dataset
+from experiments.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     augment_image,
     decode_image,
     eval_transform,
-    load_folder_dataset,
 )
 
 DOMAINS = ("alpha", "beta", "delta", "gamma")  # sorted, as the loader lists them
@@ -225,14 +225,14 @@ def test_no_tensorflow(plain: folder.FolderDataset) -> None:
 
 def test_known_name_uses_domainbed_folder_and_order(tmp_path: os.PathLike) -> None:
     data_dir = str(tmp_path)
-    domains = DOMAINBED_DATASETS["OfficeHome"]  # "Real World" has a space
+    domains = DATASETS["OfficeHome"].environments  # "Real World" has a space
     _write_tree(os.path.join(data_dir, "office_home"), domains)
     dataset = _load(data_dir, "OfficeHome", test_envs=[3])
     assert dataset.name == "OfficeHome"
     assert dataset.environments == ("Art", "Clipart", "Product", "Real World")
     assert dataset.train_envs == (0, 1, 2)
     assert dataset.train_batch(0)["x"].shape == (3, 4, RESOLUTION, RESOLUTION, 3)
-    assert DOMAINBED_DATASETS["TerraIncognita"][0] == "location_100"
+    assert DATASETS["TerraIncognita"].environments[0] == "location_100"
 
 
 def test_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path: os.PathLike) -> None:
@@ -299,9 +299,7 @@ def test_empty_domain_and_empty_class_show_the_layout(tmp_path: os.PathLike) -> 
 
 
 def test_wrong_root_shows_the_layout(tmp_path: os.PathLike) -> None:
-    with pytest.raises(
-        FileNotFoundError, match=r"unknown dataset 'nowhere'(.|\n)*<domain>/<class>"
-    ):
+    with pytest.raises(ValueError, match=r"unknown dataset 'nowhere'(.|\n)*<domain>/<class>"):
         _load(str(tmp_path), "nowhere")
     with pytest.raises(FileNotFoundError, match=r"PACS not found(.|\n)*experiments.download"):
         _load(str(tmp_path), "PACS")
@@ -395,7 +393,7 @@ def test_random_resized_crop_box_stays_in_range() -> None:
     rng = np.random.default_rng(0)
     for width, height in ((100, 100), (300, 80), (20, 200)):
         for _ in range(200):
-            left, top, crop_w, crop_h = folder._random_resized_crop_box(
+            left, top, crop_w, crop_h = images._random_resized_crop_box(
                 width, height, rng, (0.7, 1.0)
             )
             assert 0 <= left and left + crop_w <= width and 0 <= top and top + crop_h <= height
@@ -420,6 +418,7 @@ def test_train_resnet18_end_to_end(
 
     from experiments import train
     from experiments.models import resnet
+    from experiments.training import loop
 
     data_dir = str(tmp_path / "data")
     _write_tree(os.path.join(data_dir, "toy"), ("a", "b", "c"))
@@ -436,7 +435,7 @@ def test_train_resnet18_end_to_end(
     resnet_class = resnet.ResNet18
     monkeypatch.setattr(resnet, "ResNet18", narrow_resnet)
     monkeypatch.setattr(folder, "load_folder_dataset", small_images)
-    train.model_and_optimizer.cache_clear()
+    loop.model_and_optimizer.cache_clear()
     output_dir = str(tmp_path / "run")
     argv = [
         "--dataset", os.path.join(data_dir, "toy"), "--data_dir", data_dir,
@@ -447,7 +446,7 @@ def test_train_resnet18_end_to_end(
     try:
         assert train.main(argv) == 0
     finally:
-        train.model_and_optimizer.cache_clear()
+        loop.model_and_optimizer.cache_clear()
     with open(os.path.join(output_dir, "results.jsonl")) as file:
         records = [json.loads(line) for line in file]
     assert [record["step"] for record in records] == [0, 2]
@@ -461,10 +460,10 @@ def test_train_resnet18_end_to_end(
     capsys.readouterr()
 
 
-def test_dataset_shape_lists_what_loading_finds_without_reading_images(
+def test_the_entry_of_a_folder_lists_what_loading_finds_without_reading_images(
     tree: tuple[str, dict], plain: folder.FolderDataset
 ) -> None:
-    shape = dataset_shape("toy", tree[0], (0,))
-    assert (shape.name, shape.environments, shape.num_classes, shape.train_envs) == (
+    shape = get_dataset_spec("toy", tree[0])
+    assert (shape.name, shape.environments, shape.num_classes, shape.train_envs((0,))) == (
         plain.name, plain.environments, plain.num_classes, plain.train_envs)
     assert shape.input_shape == (224, 224, 3)  # the trainer's resolution

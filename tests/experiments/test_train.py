@@ -1,4 +1,5 @@
-"""End-to-end runs of :mod:`experiments.train`: every algorithm, determinism, resuming."""
+"""End-to-end runs of the training loop (:mod:`experiments.training`): every algorithm,
+determinism, resuming."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import numpy as np
 import pytest
 from trainer_helpers import comparable, tiny_config
 
-from experiments import outputs, train
-from experiments.algorithms import ALGORITHMS, DIAGNOSTICS
+from experiments import run_dir as outputs
+from experiments import train
+from experiments.algorithms import ALGORITHMS
+from experiments.training import Hooks
+from experiments.training.checkpoints import Checkpoints
+from experiments.training.optimizer import DIAGNOSTICS
 
 
 def _quiet(line: str) -> None:
@@ -22,12 +27,13 @@ def _quiet(line: str) -> None:
 def test_every_algorithm_runs_end_to_end(tmp_path: Path, algorithm: str) -> None:
     config = tiny_config(tmp_path / "run", algorithm)
     seen: list[int] = []
-    records = train.run(config, on_step=seen.append, log=_quiet)
+    records = train.run(config, hooks=Hooks(after_step=lambda step, _: seen.append(step)),
+                        log=_quiet)
     assert seen == list(range(4))
     assert [r["step"] for r in records] == [0, 2, 3]  # every checkpoint_freq, and the last
     assert outputs.read_records(tmp_path / "run" / outputs.RESULTS) == records
     assert (tmp_path / "run" / outputs.DONE).exists()
-    assert outputs.Checkpoints(tmp_path / "run" / outputs.CHECKPOINTS).latest_step() == 3
+    assert Checkpoints(tmp_path / "run" / outputs.CHECKPOINTS).latest_step() == 3
     for record in records:
         assert np.isfinite(record["loss"]) and 1.0 < record["loss"] < 4.0
         for env in range(6):
@@ -104,11 +110,13 @@ def test_evaluate_counts_every_example_once_despite_padding() -> None:
     import jax.numpy as jnp
     import optax
 
-    from experiments import data, trainer
+    from experiments import data
     from experiments.models import get_model
+    from experiments.training.evaluation import evaluate
+    from experiments.training.steps import create_train_state
 
-    dataset = data.get_dataset(
-        "RotatedMNIST",
+    dataset = data.load_dataset(
+        data.get_dataset_spec("RotatedMNIST"),
         None,
         test_envs=(0,),
         holdout_fraction=0.2,
@@ -116,9 +124,9 @@ def test_evaluate_counts_every_example_once_despite_padding() -> None:
         batch_size=8,
         seed=0,
     )
-    model = get_model((28, 28, 1), 10, {})
-    state = trainer.create_train_state(jax.random.key(0), model, optax.sgd(0.1), (28, 28, 1))
-    accuracies = train.evaluate(state, dataset, max_examples=100)  # 64 + 36 (padded)
+    model = get_model("mnist_cnn", 10, {})
+    state = create_train_state(jax.random.key(0), model, optax.sgd(0.1), (28, 28, 1))
+    accuracies = evaluate(state, dataset, max_examples=100)  # 64 + 36 (padded)
     for env, split in ((0, "in"), (3, "out")):
         batch = next(dataset.eval_batches(env, split, 100))
         logits = model.apply({"params": state.params}, jnp.asarray(batch["x"]), train=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.train import TrainConfig
+from experiments.training import TrainConfig
 
 TINY_HPARAMS = {"batch_size": 8}
 
