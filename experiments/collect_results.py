@@ -1,49 +1,58 @@
-"""The results table of a sweep: ``python -m experiments.collect_results DIR``.
+"""A sweep's results tables: ``python -m experiments.collect_results DIR [DIR ...]``.
 
-DomainBed's ``collect_results.py`` with its *training-domain validation*
-(``IIDAccuracySelectionMethod``):
+DomainBed's ``collect_results.py`` on this trainer's runs and on DomainBed's own: for
+each model-selection method (training-domain validation, leave-one-domain-out
+cross-validation, test-domain validation (oracle)), one table per dataset and the
+averages over datasets, cells ``mean ± error`` over trial seeds with DomainBed's error
+bar; in markdown (default), LaTeX (``--latex``) or JSON (``--format json``). The work is
+done by :mod:`experiments.results` (no JAX: the command starts in a fraction of a second).
 
-1. in each run, the checkpoint (record) with the best mean accuracy on the training
-   domains' held-out ``out`` splits is chosen, and its accuracy on the test domain's
-   ``in`` split is the run's result (DomainBed's ``_step_acc``);
-2. among the runs that differ only in ``hparams_seed``, the one with the best
-   validation accuracy is kept (the random search);
-3. per algorithm and test environment, the table shows mean ± standard deviation over
-   the trials (``trial_seed``); the ``Avg`` column averages each trial's results over
-   the test environments first.
+Flags::
 
-The table is markdown, one per dataset, one row per algorithm, in percent.
+    --selection training_domain leave_one_out oracle   the methods (default: all three)
+    --format markdown|latex|json                       (--latex: as DomainBed's flag)
+    --error_bar standard_error|std|sample_std          DomainBed's standard error by
+                                                       default; std: ddof 0; sample_std:
+                                                       ddof 1
+    --output FILE                                      also write the document to FILE
+
+Bad input (a directory that does not exist, no records, a malformed record) gets one
+error line and exit code 2.
+
+Python API: :func:`results_tables` (every method's tables of a directory), and, for the
+callers of the single training-domain-validation table, :func:`load_runs`,
+:func:`select_hparams` and :func:`results_table`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import sys
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from experiments import run_dir as outputs
-from experiments.algorithms import ALGORITHMS, display_name
-from experiments.cli import ArgumentParser
-
-Record = dict[str, Any]
+from experiments import results
+from experiments.cli import ArgumentParser, ConfigError, run_command
+from experiments.results import tables
+from experiments.results.summary import environment_names
 
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-    """One run's selected checkpoint (training-domain validation).
+    """One run's checkpoint chosen by training-domain validation.
 
     Attributes:
         dataset, algorithm, test_envs, hparams_seed, trial_seed: the run's arguments.
-        step: the chosen checkpoint's step.
+        step: the chosen checkpoint's step (the first of equal validation accuracies).
         val_acc: mean ``out`` accuracy of the training domains at that step.
         test_acc: mean ``in`` accuracy of the test domains at that step.
         finished: whether the run wrote its ``done`` marker.
         environments: the dataset's environment names.
+        records: every record of the run (what :func:`results_table` selects from).
     """
 
     dataset: str
@@ -56,141 +65,151 @@ class RunResult:
     test_acc: float
     finished: bool
     environments: tuple[str, ...]
+    records: tuple[results.Record, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
 
-def select_checkpoint(records: Sequence[Record]) -> tuple[Record, float, float]:
-    """The record with the best training-domain validation accuracy (the first on ties).
+def _run_result(run: results.Run) -> RunResult:
+    def accuracies(record: results.Record) -> tuple[float, float]:
+        training = [e for e in range(record.num_environments) if e not in record.test_envs]
+        validation = float(np.mean([record.out_accuracy[e] for e in training]))
+        test = float(np.mean([record.in_accuracy[e] for e in record.test_envs]))
+        return validation, test
 
-    Returns:
-        ``(record, val_acc, test_acc)``.
-    """
-    best: tuple[Record, float, float] | None = None
-    for record in records:
-        test_envs = record["args"]["test_envs"]
-        num_envs = sum(1 for key in record if key.endswith("_out_acc"))
-        val = float(
-            np.mean([record[f"env{e}_out_acc"] for e in range(num_envs) if e not in test_envs])
-        )
-        test = float(np.mean([record[f"env{e}_in_acc"] for e in test_envs]))
-        if best is None or val > best[1]:
-            best = (record, val, test)
-    if best is None:
-        raise ValueError("a run without records has no checkpoint to select")
-    return best
+    scored = [(record, *accuracies(record)) for record in run.records]
+    record, validation, test = max(scored, key=lambda item: item[1])
+    return RunResult(
+        dataset=record.dataset,
+        algorithm=record.algorithm,
+        test_envs=record.test_envs,
+        hparams_seed=record.hparams_seed,
+        trial_seed=record.trial_seed,
+        step=record.step,
+        val_acc=validation,
+        test_acc=test,
+        finished=run.finished,
+        environments=environment_names(record.dataset, run.records),
+        records=run.records,
+    )
 
 
 def load_runs(root: str | Path) -> list[RunResult]:
     """Every run under ``root`` (any depth) with at least one record, selected."""
-    runs = []
-    for path in sorted(Path(root).rglob(outputs.RESULTS)):
-        records = outputs.read_records(path)
-        if not records:
-            continue
-        record, val, test = select_checkpoint(records)
-        args = record["args"]
-        num_envs = sum(1 for key in record if key.endswith("_out_acc"))
-        environments = record.get("environments") or [str(e) for e in range(num_envs)]
-        runs.append(
-            RunResult(
-                dataset=args["dataset"],
-                algorithm=args["algorithm"],
-                test_envs=tuple(args["test_envs"]),
-                hparams_seed=int(args["hparams_seed"]),
-                trial_seed=int(args["trial_seed"]),
-                step=int(record["step"]),
-                val_acc=val,
-                test_acc=test,
-                finished=(path.parent / outputs.DONE).exists(),
-                environments=tuple(environments),
-            )
-        )
-    return runs
+    return [_run_result(run) for run in results.load_sweep([root]).runs]
 
 
-def select_hparams(runs: Iterable[RunResult]) -> dict[tuple[str, str, tuple[int, ...], int], float]:
-    """``{(dataset, algorithm, test_envs, trial_seed): test_acc}`` of the best hparams."""
-    best: dict[tuple[str, str, tuple[int, ...], int], RunResult] = {}
+def select_hparams(
+    runs: Iterable[RunResult],
+) -> dict[tuple[str, str, tuple[int, ...], int], float]:
+    """``{(dataset, algorithm, test_envs, trial_seed): test_acc}`` of the best hparams.
+
+    As DomainBed: the best validation accuracy wins; among equal ones, the highest
+    ``hparams_seed``.
+    """
+    groups: dict[tuple[str, str, tuple[int, ...], int], list[RunResult]] = {}
     for run in runs:
         key = (run.dataset, run.algorithm, run.test_envs, run.trial_seed)
-        if key not in best or run.val_acc > best[key].val_acc:
-            best[key] = run
-    return {key: run.test_acc for key, run in best.items()}
+        groups.setdefault(key, []).append(run)
+    chosen = {}
+    for key, group in groups.items():
+        by_seed = sorted(group, key=lambda run: run.hparams_seed)
+        best = sorted(
+            by_seed, key=lambda run: -math.inf if math.isnan(run.val_acc) else run.val_acc
+        )[-1]
+        chosen[key] = best.test_acc
+    return chosen
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    values = 100 * np.asarray(values)
-    return f"{values.mean():.1f} ± {values.std():.1f}"
+def results_table(runs: Sequence[RunResult], display_names: Mapping[str, str] | None = None) -> str:
+    """The training-domain validation tables (markdown, one per dataset) of ``runs``.
 
-
-def results_table(runs: Sequence[RunResult]) -> str:
-    """The markdown tables (one per dataset) of selected runs."""
+    DomainBed's numbers (runs with one test environment, its error bar, ``Avg`` the mean
+    of the row), with a column per environment that some run tested.
+    """
     if not runs:
         return "No results found.\n"
-    accs = select_hparams(runs)
+    sweep = results.Sweep(
+        runs=tuple(
+            results.Run(directory=Path(), records=run.records, finished=run.finished)
+            for run in runs
+        )
+    )
+    (summary,) = results.summarize_sweep(
+        sweep, ["training_domain"], columns="tested", display_names=display_names
+    )
+    error_bar = results.ERROR_BARS["standard_error"]
     lines = []
-    for dataset in sorted({run.dataset for run in runs}):
-        in_dataset = [run for run in runs if run.dataset == dataset]
-        environments = in_dataset[0].environments
-        test_envs = sorted({run.test_envs for run in in_dataset})
-        algorithms = sorted(
-            {run.algorithm for run in in_dataset},
-            key=lambda a: (list(ALGORITHMS).index(a) if a in ALGORITHMS else len(ALGORITHMS), a),
-        )
-        trials = sorted({run.trial_seed for run in in_dataset})
-        columns = [" + ".join(environments[e] for e in envs) for envs in test_envs]
-        lines += [
-            f"### {dataset}",
-            "",
-            "Model selection: training-domain validation. Test-domain accuracy (%), "
-            f"mean ± std over trials ({len(trials)} trial seed(s)).",
-            "",
-            "| Algorithm | " + " | ".join(columns) + " | Avg |",
-            "|---" * (len(columns) + 2) + "|",
-        ]
-        for algorithm in algorithms:
-            cells = []
-            per_trial: dict[int, list[float]] = defaultdict(list)
-            for envs in test_envs:
-                values = [
-                    accs[(dataset, algorithm, envs, trial)]
-                    for trial in trials
-                    if (dataset, algorithm, envs, trial) in accs
-                ]
-                cells.append(_mean_std(values) if values else "X")
-                for trial in trials:
-                    if (dataset, algorithm, envs, trial) in accs:
-                        per_trial[trial].append(accs[(dataset, algorithm, envs, trial)])
-            complete = [np.mean(v) for v in per_trial.values() if len(v) == len(test_envs)]
-            cells.append(_mean_std(complete) if complete else "X")
-            name = display_name(algorithm)
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        unfinished = sum(1 for run in in_dataset if not run.finished)
-        lines.append("")
-        lines.append(
-            f"{len(in_dataset)} runs"
-            + (
-                f", {unfinished} of them unfinished (their last checkpoint counts)"
-                if unfinished
-                else ""
-            )
-            + ". X: no run."
-        )
-        lines.append("")
+    for table in summary.datasets:
+        lines += [tables.markdown_table(table, display_names), ""]
+    lines += [
+        "Model selection: training-domain validation set. " + tables.caption(error_bar),
+        tables.runs_line(sweep),
+        "",
+    ]
     return "\n".join(lines)
 
 
+def results_tables(
+    directory: str | Path,
+    output_format: str = "markdown",
+    display_names: Mapping[str, str] | None = None,
+) -> str:
+    """Every selection method's tables of the runs below ``directory``, as the command.
+
+    Raises:
+      experiments.results.RecordError: no records, or a malformed one.
+    """
+    return results.report([directory], output_format=output_format, display_names=display_names)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.collect_results DIR``: prints the table, returns 0."""
+    """``python -m experiments.collect_results DIR [DIR ...]``: prints the tables.
+
+    Returns:
+      0, or 2 on bad input (one error line on stderr).
+    """
     parser = ArgumentParser(
         prog="python -m experiments.collect_results",
-        description="The DomainBed-style results table of a sweep, in markdown.",
+        description="DomainBed's results tables of a sweep: three model-selection methods.",
     )
-    parser.add_argument("input_dir", help="a sweep's output_dir (searched recursively)")
-    args = parser.parse_args(argv)
-    if not Path(args.input_dir).is_dir():
-        print(f"{parser.prog}: error: {args.input_dir} is not a directory", file=sys.stderr)
-        return 2
-    print(results_table(load_runs(args.input_dir)))
+    parser.add_argument(
+        "input_dirs", nargs="+", metavar="DIR", help="sweep directories (searched recursively)"
+    )
+    parser.add_argument(
+        "--selection",
+        nargs="+",
+        choices=list(results.SELECTION_METHODS),
+        default=list(results.SELECTION_METHODS),
+        help="model-selection methods (default: all three, in DomainBed's order)",
+    )
+    parser.add_argument("--format", choices=results.FORMATS, default=None)
+    parser.add_argument("--latex", action="store_true", help="the same as --format latex")
+    parser.add_argument(
+        "--error_bar",
+        choices=list(results.ERROR_BARS),
+        default="standard_error",
+        help="standard_error: DomainBed's 100*std(acc/sqrt(n)) (default); "
+        "std: the std over trials (ddof 0); sample_std: ddof 1",
+    )
+    parser.add_argument("--output", metavar="FILE", help="also write the document to FILE")
+    return run_command(parser, _collect, argv)
+
+
+def _collect(args: argparse.Namespace) -> int:
+    if args.latex and args.format not in (None, "latex"):
+        raise ConfigError(f"--latex contradicts --format {args.format}")
+    output_format = "latex" if args.latex else args.format or "markdown"
+    try:
+        text = results.report(
+            args.input_dirs,
+            methods=list(dict.fromkeys(args.selection)),
+            output_format=output_format,
+            error_bar=args.error_bar,
+        )
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+    except (results.RecordError, OSError) as error:
+        raise ConfigError(str(error)) from None
+    sys.stdout.write(text)
     return 0
 
 
