@@ -14,13 +14,13 @@ Layers, each importing only those above it:
 
 1. :mod:`corgrad_jax`, the library;
 2. shared pieces: :mod:`experiments.cli` (configs to flags, one error path),
-   :mod:`experiments.hparams`, :mod:`experiments.seeding`, :mod:`experiments.run_dir`
-   (the files of a run);
+   :mod:`experiments.hparams`, :mod:`experiments.registry` (named entries),
+   :mod:`experiments.seeding`, :mod:`experiments.run_dir` (the files of a run);
 3. registries: :mod:`experiments.algorithms`, :mod:`experiments.data`,
    :mod:`experiments.models`, and :mod:`experiments.hparams_registry` over them;
 4. :mod:`experiments.training`: the config, pure steps, one loop with hooks, evaluation,
    checkpoints, the device mesh;
-5. results: :mod:`experiments.collect_results`;
+5. results: :mod:`experiments.results` (no JAX);
 6. commands: :mod:`experiments.train`, :mod:`experiments.sweep`,
    :mod:`experiments.main_job`, :mod:`experiments.dry_run`, :mod:`experiments.download`,
    :mod:`experiments.analysis`.

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from experiments.hparams import HParamSpecs
+from experiments.registry import Registry
 
 if TYPE_CHECKING:
     import optax
@@ -71,30 +72,10 @@ class Algorithm:
     reference: str = ""
 
 
-ALGORITHMS: dict[str, Algorithm] = {}
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 """Every registered algorithm by name, in the order of the results tables."""
-
-
-def register(algorithm: Algorithm) -> Algorithm:
-    """Adds ``algorithm`` to :data:`ALGORITHMS` (after the ones registered before)."""
-    if algorithm.name in ALGORITHMS:
-        raise ValueError(f"algorithm {algorithm.name!r} is registered twice")
-    ALGORITHMS[algorithm.name] = algorithm
-    return algorithm
-
-
-def get_algorithm(name: str) -> Algorithm:
-    """The entry of ``name``.
-
-    Raises:
-        ValueError: no such algorithm, naming the known ones.
-    """
-    try:
-        return ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}"
-        ) from None
+register = ALGORITHMS.register
+get_algorithm = ALGORITHMS.entry
 
 
 def display_name(name: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from experiments.data import mnist
 from experiments.data.base import EnvironmentSplits
 from experiments.hparams import COUNT, NON_NEGATIVE, POSITIVE, HParam, HParamSpecs
+from experiments.registry import Registry
 
 Loader = Callable[..., EnvironmentSplits]
 """``load(spec, data_dir, *, test_envs, holdout_fraction, trial_seed, batch_size, seed)``."""
@@ -107,16 +108,9 @@ class DatasetSpec:
         return tuple(env for env in range(len(self.environments)) if env not in test_envs)
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
 """Every registered dataset by name."""
-
-
-def register(spec: DatasetSpec) -> DatasetSpec:
-    """Adds ``spec`` to :data:`DATASETS`."""
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is registered twice")
-    DATASETS[spec.name] = spec
-    return spec
+register = DATASETS.register
 
 
 def _load_mnist(spec: DatasetSpec, data_dir: str | None, **options: Any) -> EnvironmentSplits:

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 
 from experiments.models.mnist_cnn import MNIST_CNN as MNIST_CNN
+from experiments.registry import Registry
 
 PyTree = Any
 
@@ -42,28 +43,10 @@ class Model:
     description: str = ""
 
 
-MODELS: dict[str, Model] = {}
+MODELS: Registry[Model] = Registry("model")
 """Every registered model by name."""
-
-
-def register(model: Model) -> Model:
-    """Adds ``model`` to :data:`MODELS`."""
-    if model.name in MODELS:
-        raise ValueError(f"model {model.name!r} is registered twice")
-    MODELS[model.name] = model
-    return model
-
-
-def get_model_entry(name: str) -> Model:
-    """The entry of ``name``.
-
-    Raises:
-        ValueError: no such model, naming the known ones.
-    """
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
+register = MODELS.register
+get_model_entry = MODELS.entry
 
 
 def get_model(name: str, num_classes: int, hparams: Mapping[str, Any]) -> nn.Module:
