@@ -14,3 +14,14 @@ A run uses every device on a ``(domain, data)`` mesh, on one host or many
 Every algorithm is an optax transformation of stacked per-domain gradients from
 :mod:`corgrad_jax`, chained with Adam (:mod:`experiments.algorithms`).
 """
+
+from corgrad_jax._src._version_check import require_jax
+
+MINIMUM_JAX = "0.8.0"
+"""The oldest JAX the trainer runs on, as in ``pyproject.toml``'s ``experiments`` extra (a
+test keeps them equal): its step constrains shardings under ``use_abstract_mesh``."""
+
+require_jax(
+    "experiments", MINIMUM_JAX,
+    "jax.lax.with_sharding_constraint under jax.sharding.use_abstract_mesh",
+)
