@@ -5,6 +5,8 @@ leaf shaped ``(D, *param_shape)``) and returns one param-shaped update, so it go
 first in a chain: ``optax.chain(corgrad(), optax.adam(1e-3))``.
 """
 
+# First: on a JAX older than the floor, ImportError names the versions (_version_check).
+from corgrad_jax._src import _version_check  # noqa: F401
 from corgrad_jax._src.agreement import agreement_rand as agreement_rand
 from corgrad_jax._src.agreement import agreement_sum as agreement_sum
 from corgrad_jax._src.agreement import and_mask as and_mask

@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # lets tests import the oracle module
+
+if not hasattr(jax, "enable_x64"):  # JAX < 0.8 (the core's floor is 0.5.3): the same
+    from jax.experimental import enable_x64  # context manager, under its older name
+
+    jax.enable_x64 = enable_x64
 
 
 def random_leaves(

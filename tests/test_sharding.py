@@ -76,7 +76,8 @@ PARTITIONED_SCRIPT = textwrap.dedent(
         single = jax.jit(inner.update)(jax.device_put(grads, jax.devices()[0]), inner.init(None))[0]
         unmeshed = jax.jit(tx.update)(grads, tx.init(None))[0]  # no mesh: inner itself
         seen.clear()
-        with jax.set_mesh(mesh):
+        # jax.set_mesh since JAX 0.7.1, jax.sharding.use_mesh before (the core's floor: 0.5.3)
+        with (jax.set_mesh if hasattr(jax, "set_mesh") else jax.sharding.use_mesh)(mesh):
             out = jax.jit(tx.update)(by_domain, tx.init(None))[0]
         for name in grads:
             np.testing.assert_allclose(np.asarray(out[name]), np.asarray(single[name]),

@@ -54,8 +54,9 @@ def partitioned(
     ``keep_leading_axis=True`` so that only leaves whose first dimension is divisible
     by :math:`N` are viewed, as :math:`(D, d_1, \dots)`.
 
-    The mesh is the one JAX traces under (:func:`jax.sharding.use_abstract_mesh` inside
-    ``jit``, or :func:`jax.set_mesh` around it). Without one, or when it lacks
+    The mesh is the one JAX traces under: :func:`jax.set_mesh` around ``jit``
+    (``jax.sharding.use_mesh`` before JAX 0.7.1) or, from JAX 0.8,
+    :func:`jax.sharding.use_abstract_mesh` inside it. Without one, or when it lacks
     ``axis_names`` or spans one device, ``inner`` runs unchanged, so the same optimizer
     serves single- and multi-device runs.
 
