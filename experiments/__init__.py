@@ -27,14 +27,3 @@ Layers, each importing only those above it:
 
 A new algorithm, dataset or model is one entry of its registry.
 """
-
-from corgrad_jax._src._version_check import require_jax
-
-MINIMUM_JAX = "0.8.0"
-"""The oldest JAX the trainer runs on, as in ``pyproject.toml``'s ``experiments`` extra (a
-test keeps them equal): its step constrains shardings under ``use_abstract_mesh``."""
-
-require_jax(
-    "experiments", MINIMUM_JAX,
-    "jax.lax.with_sharding_constraint under jax.sharding.use_abstract_mesh",
-)

@@ -77,13 +77,15 @@ def test_every_requirement_of_pyproject_declares_a_floor():
 
 
 def experiments_minimum_jax() -> str:
-    """experiments.MINIMUM_JAX, read without importing the trainer (its JAX may be older)."""
-    with open(os.path.join(ROOT, "experiments", "__init__.py"), encoding="utf-8") as file:
+    """experiments.training.MINIMUM_JAX, read without importing the trainer (its JAX may be
+    older)."""
+    with open(os.path.join(ROOT, "experiments", "training", "__init__.py"),
+              encoding="utf-8") as file:
         tree = ast.parse(file.read())
     for node in tree.body:
         if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "MINIMUM_JAX":
             return ast.literal_eval(node.value)
-    raise AssertionError("experiments/__init__.py defines no MINIMUM_JAX")
+    raise AssertionError("experiments/training/__init__.py defines no MINIMUM_JAX")
 
 
 def test_the_import_checks_use_the_declared_jax_floors():
