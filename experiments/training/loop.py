@@ -100,6 +100,7 @@ def model_and_optimizer(
     algorithm: str,
     hparams_json: str,
     steps: int,
+    dtype: str = "float32",
 ) -> tuple[nn.Module, optax.GradientTransformation]:
     """The same objects for the same arguments, so that the runs of one process that
     differ only in data (test env, trial) or seed reuse one compilation of the steps.
@@ -109,9 +110,10 @@ def model_and_optimizer(
     (``tests/experiments/test_algorithms.py`` checks it), so each run's seed enters
     through its initial state (``create_train_state(init_tx=...)``). ``steps`` is 0
     unless the algorithm depends on the run's length (CorGrad's decaying alpha).
+    ``dtype`` is the model's compute dtype.
     """
     hparams = json.loads(hparams_json)
-    model = models.get_model(model_name, num_classes, hparams)
+    model = models.get_model(model_name, num_classes, hparams, dtype=dtype)
     return model, build_optimizer(algorithm, hparams, seed=0, total_steps=max(steps, 2))
 
 
@@ -127,6 +129,7 @@ def build_model_and_optimizer(
         config.algorithm,
         json.dumps(dict(hparams), sort_keys=True),
         config.steps if entry.uses_total_steps(hparams) else 0,
+        config.dtype,
     )
 
 
