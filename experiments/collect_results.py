@@ -21,10 +21,10 @@ import dataclasses
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from experiments import run_dir as outputs
 from experiments.algorithms import ALGORITHMS, display_name
@@ -79,10 +79,11 @@ def select_checkpoint(records: Sequence[Record]) -> tuple[Record, float, float]:
     return best
 
 
-def load_runs(root: str | Path) -> list[RunResult]:
-    """Every run under ``root`` (any depth) with at least one record, selected."""
+def load_runs(root: epath.PathLike) -> list[RunResult]:
+    """Every run under ``root`` (any depth; a local directory or ``gs://...``) with at
+    least one record, selected."""
     runs = []
-    for path in sorted(Path(root).rglob(outputs.RESULTS)):
+    for path in (run / outputs.RESULTS for run in outputs.find_runs(root)):
         records = outputs.read_records(path)
         if not records:
             continue
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("input_dir", help="a sweep's output_dir (searched recursively)")
     args = parser.parse_args(argv)
-    if not Path(args.input_dir).is_dir():
+    if not outputs.as_path(args.input_dir).is_dir():
         print(f"{parser.prog}: error: {args.input_dir} is not a directory", file=sys.stderr)
         return 2
     print(results_table(load_runs(args.input_dir)))

@@ -23,7 +23,6 @@ import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -173,7 +172,7 @@ def run(
         log = lambda _: None  # noqa: E731
     spec = config.dataset_spec()
     hparams = config.run_hparams()
-    run_dir = Path(config.output_dir)
+    run_dir = files.as_path(config.output_dir)  # a local directory or gs://...
     exists = files.check_output_dir(run_dir, config.run_args())
     results_path = run_dir / files.RESULTS
     if exists and (run_dir / files.DONE).exists():
