@@ -8,9 +8,10 @@ ERM is ``mean_gradients`` on the same stacked gradients; "ERM, one gradient" is
 DomainBed's ERM, one backward pass of the mean loss, the floor of any per-domain method.
 
 Timings are medians of repeated steps after warm-up, ERM and CorGrad interleaved so
-that both see the same machine load. Run::
+that both see the same machine load. ``--dtypes float32 bfloat16`` measures every
+setting in both compute dtypes (``--dtype``), one after the other. Run::
 
-    python benchmarks/bench_train_step.py [--repeats 10] [--markdown table.md]
+    python benchmarks/bench_train_step.py [--repeats 10] [--dtypes float32 bfloat16]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Setting:
     batch_size: int
     input_shape: tuple[int, int, int]
     num_classes: int
+    dtype: str = "float32"  # the model's compute dtype (--dtype)
 
 
 SETTINGS = (
@@ -82,7 +84,8 @@ _train_step = jax.jit(trainer.train_step, static_argnames=("gradient_method",), 
 def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[], float]:
     """A function that runs one step and returns its wall time in seconds."""
     hparams = default_hparams(algorithm, setting.dataset)
-    model = get_model(get_dataset_spec(setting.dataset).model, setting.num_classes, hparams)
+    model = get_model(get_dataset_spec(setting.dataset).model, setting.num_classes, hparams,
+                      dtype=setting.dtype)
     if method is None:  # one gradient of the mean loss, plain Adam
         tx = optax.adam(hparams["lr"])
     else:
@@ -193,10 +196,16 @@ def main() -> None:
     parser.add_argument(
         "--settings", nargs="+", default=["resnet", "mnist"], choices=["resnet", "mnist"]
     )
+    parser.add_argument("--dtypes", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16"],
+                        help="compute dtypes of the model (--dtype); each is a setting")
     parser.add_argument("--markdown", default=None, help="also write the tables here")
     args = parser.parse_args()
     chosen = [
-        s for s, key in zip(SETTINGS, ("resnet", "mnist"), strict=True) if key in args.settings
+        dataclasses.replace(s, name=f"{s.name}, {dtype}" if len(args.dtypes) > 1 else s.name,
+                            dtype=dtype)
+        for s, key in zip(SETTINGS, ("resnet", "mnist"), strict=True) if key in args.settings
+        for dtype in args.dtypes
     ]
     rows = []
     for setting in chosen:
