@@ -9,7 +9,7 @@ DomainBed's ERM, one backward pass of the mean loss, the floor of any per-domain
 
 Timings are medians of repeated steps after warm-up, ERM and CorGrad interleaved so
 that both see the same machine load. ``--dtypes float32 bfloat16`` measures every
-setting in both compute dtypes (``--dtype``), one after the other. Run::
+setting in both compute dtypes (``--dtype``), interleaved too. Run::
 
     python benchmarks/bench_train_step.py [--repeats 10] [--dtypes float32 bfloat16]
 """
@@ -114,18 +114,23 @@ def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[]
     return step
 
 
-def measure(setting: Setting, methods: tuple[str, ...], repeats: int, warmup: int) -> list[dict]:
-    """Median step times of ERM and CorGrad for every method, interleaved."""
-    variants: list[tuple[str, str | None]] = [("erm", None)]
-    variants += [(algorithm, m) for m in methods for algorithm in ("erm", "corgrad")]
+def measure(
+    settings: list[Setting], methods: tuple[str, ...], repeats: int, warmup: int
+) -> list[dict]:
+    """Median step times of ERM and CorGrad for every setting (the dtypes of one model)
+    and method, all interleaved."""
+    variants: list[tuple[Setting, str, str | None]] = []
+    for setting in settings:
+        variants += [(setting, "erm", None)]
+        variants += [(setting, algorithm, m) for m in methods for algorithm in ("erm", "corgrad")]
     runners, compile_s = {}, {}
     for variant in variants:
-        runner = _runner(setting, *variant)
+        runner = _runner(*variant)
         compile_s[variant] = runner()  # compilation and the first step
         for _ in range(warmup):
             runner()
         runners[variant] = runner
-    times: dict[tuple[str, str | None], list[float]] = {v: [] for v in variants}
+    times: dict[tuple[Setting, str, str | None], list[float]] = {v: [] for v in variants}
     for _ in range(repeats):
         for variant, runner in runners.items():
             times[variant].append(runner())
@@ -134,10 +139,10 @@ def measure(setting: Setting, methods: tuple[str, ...], repeats: int, warmup: in
             "setting": setting.name,
             "algorithm": algorithm,
             "method": method,
-            "median_s": statistics.median(times[(algorithm, method)]),
-            "first_step_s": compile_s[(algorithm, method)],
+            "median_s": statistics.median(times[(setting, algorithm, method)]),
+            "first_step_s": compile_s[(setting, algorithm, method)],
         }
-        for algorithm, method in variants
+        for setting, algorithm, method in variants
     ]
 
 
@@ -201,16 +206,17 @@ def main() -> None:
                         help="compute dtypes of the model (--dtype); each is a setting")
     parser.add_argument("--markdown", default=None, help="also write the tables here")
     args = parser.parse_args()
-    chosen = [
-        dataclasses.replace(s, name=f"{s.name}, {dtype}" if len(args.dtypes) > 1 else s.name,
-                            dtype=dtype)
-        for s, key in zip(SETTINGS, ("resnet", "mnist"), strict=True) if key in args.settings
-        for dtype in args.dtypes
-    ]
     rows = []
-    for setting in chosen:
-        print(f"measuring {setting.name} ...", flush=True)
-        rows += measure(setting, tuple(args.methods), args.repeats, args.warmup)
+    for base, key in zip(SETTINGS, ("resnet", "mnist"), strict=True):
+        if key not in args.settings:
+            continue
+        print(f"measuring {base.name} ...", flush=True)
+        settings = [
+            dataclasses.replace(base, dtype=dtype, name=f"{base.name}, {dtype}"
+                                if len(args.dtypes) > 1 else base.name)
+            for dtype in args.dtypes
+        ]
+        rows += measure(settings, tuple(args.methods), args.repeats, args.warmup)
     devices = ", ".join(str(d) for d in jax.devices())
     header = f"jax {jax.__version__} on {devices}, {args.repeats} timed steps after warm-up.\n\n"
     text = header + tables(rows)

@@ -139,19 +139,20 @@ def move_tree(source: epath.PathLike, target: epath.PathLike) -> None:
         fsync_directory(source.parent)
         fsync_directory(target.parent)
         return
-    for file in _files_under(source):
+    for file in files_under(source):
         copy = target / file.relative_to(source)
         copy.parent.mkdir(parents=True, exist_ok=True)
         file.copy(copy)
     source.rmtree()
 
 
-def _files_under(folder: epath.Path) -> Iterator[epath.Path]:
-    """Every file under ``folder``, at any depth (``epath.Path.walk`` loses the
-    ``gs://`` of the folders it yields; ``iterdir`` keeps it)."""
+def files_under(folder: epath.Path) -> Iterator[epath.Path]:
+    """Every file under ``folder``, at any depth, local or on an object store
+    (``epath.Path.walk`` loses the ``gs://`` of the folders it yields; ``iterdir`` keeps
+    it)."""
     for child in folder.iterdir():
         if child.is_dir():
-            yield from _files_under(child)
+            yield from files_under(child)
         else:
             yield child
 

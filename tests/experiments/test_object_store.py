@@ -119,7 +119,7 @@ def test_the_run_files_on_an_object_store(bucket: str) -> None:
 def _damage(checkpoint: outputs.epath.Path) -> int:
     """Overwrites every object of ``checkpoint`` with random bytes; returns their count."""
     rng = np.random.default_rng(0)
-    files = list(outputs._files_under(checkpoint))
+    files = list(outputs.files_under(checkpoint))
     for path in files:
         path.write_bytes(rng.bytes(100))
     return len(files)
@@ -166,7 +166,7 @@ def test_a_run_trains_resumes_and_passes_over_a_damaged_checkpoint_on_gcs(
     assert comparable(outputs.read_records(results)) == comparable(local)
     assert sorted(path.name for path in checkpoints.iterdir()) == ["2", "3"]
     kept = run_dir / outputs.DAMAGED_CHECKPOINTS / "3"
-    assert len(list(outputs._files_under(kept))) == damaged_files
+    assert len(list(outputs.files_under(kept))) == damaged_files
 
     lines.clear()  # finished: left as it is
     assert comparable(train.run(config, log=lines.append)) == comparable(local)
