@@ -8,9 +8,10 @@ ERM is ``mean_gradients`` on the same stacked gradients; "ERM, one gradient" is
 DomainBed's ERM, one backward pass of the mean loss, the floor of any per-domain method.
 
 Timings are medians of repeated steps after warm-up, ERM and CorGrad interleaved so
-that both see the same machine load. Run::
+that both see the same machine load. ``--dtypes float32 bfloat16`` measures every
+setting in both compute dtypes (``--dtype``), interleaved too. Run::
 
-    python benchmarks/bench_train_step.py [--repeats 10] [--markdown table.md]
+    python benchmarks/bench_train_step.py [--repeats 10] [--dtypes float32 bfloat16]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Setting:
     batch_size: int
     input_shape: tuple[int, int, int]
     num_classes: int
+    dtype: str = "float32"  # the model's compute dtype (--dtype)
 
 
 SETTINGS = (
@@ -82,7 +84,8 @@ _train_step = jax.jit(trainer.train_step, static_argnames=("gradient_method",), 
 def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[], float]:
     """A function that runs one step and returns its wall time in seconds."""
     hparams = default_hparams(algorithm, setting.dataset)
-    model = get_model(get_dataset_spec(setting.dataset).model, setting.num_classes, hparams)
+    model = get_model(get_dataset_spec(setting.dataset).model, setting.num_classes, hparams,
+                      dtype=setting.dtype)
     if method is None:  # one gradient of the mean loss, plain Adam
         tx = optax.adam(hparams["lr"])
     else:
@@ -111,18 +114,23 @@ def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[]
     return step
 
 
-def measure(setting: Setting, methods: tuple[str, ...], repeats: int, warmup: int) -> list[dict]:
-    """Median step times of ERM and CorGrad for every method, interleaved."""
-    variants: list[tuple[str, str | None]] = [("erm", None)]
-    variants += [(algorithm, m) for m in methods for algorithm in ("erm", "corgrad")]
+def measure(
+    settings: list[Setting], methods: tuple[str, ...], repeats: int, warmup: int
+) -> list[dict]:
+    """Median step times of ERM and CorGrad for every setting (the dtypes of one model)
+    and method, all interleaved."""
+    variants: list[tuple[Setting, str, str | None]] = []
+    for setting in settings:
+        variants += [(setting, "erm", None)]
+        variants += [(setting, algorithm, m) for m in methods for algorithm in ("erm", "corgrad")]
     runners, compile_s = {}, {}
     for variant in variants:
-        runner = _runner(setting, *variant)
+        runner = _runner(*variant)
         compile_s[variant] = runner()  # compilation and the first step
         for _ in range(warmup):
             runner()
         runners[variant] = runner
-    times: dict[tuple[str, str | None], list[float]] = {v: [] for v in variants}
+    times: dict[tuple[Setting, str, str | None], list[float]] = {v: [] for v in variants}
     for _ in range(repeats):
         for variant, runner in runners.items():
             times[variant].append(runner())
@@ -131,10 +139,10 @@ def measure(setting: Setting, methods: tuple[str, ...], repeats: int, warmup: in
             "setting": setting.name,
             "algorithm": algorithm,
             "method": method,
-            "median_s": statistics.median(times[(algorithm, method)]),
-            "first_step_s": compile_s[(algorithm, method)],
+            "median_s": statistics.median(times[(setting, algorithm, method)]),
+            "first_step_s": compile_s[(setting, algorithm, method)],
         }
-        for algorithm, method in variants
+        for setting, algorithm, method in variants
     ]
 
 
@@ -193,15 +201,22 @@ def main() -> None:
     parser.add_argument(
         "--settings", nargs="+", default=["resnet", "mnist"], choices=["resnet", "mnist"]
     )
+    parser.add_argument("--dtypes", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16"],
+                        help="compute dtypes of the model (--dtype); each is a setting")
     parser.add_argument("--markdown", default=None, help="also write the tables here")
     args = parser.parse_args()
-    chosen = [
-        s for s, key in zip(SETTINGS, ("resnet", "mnist"), strict=True) if key in args.settings
-    ]
     rows = []
-    for setting in chosen:
-        print(f"measuring {setting.name} ...", flush=True)
-        rows += measure(setting, tuple(args.methods), args.repeats, args.warmup)
+    for base, key in zip(SETTINGS, ("resnet", "mnist"), strict=True):
+        if key not in args.settings:
+            continue
+        print(f"measuring {base.name} ...", flush=True)
+        settings = [
+            dataclasses.replace(base, dtype=dtype, name=f"{base.name}, {dtype}"
+                                if len(args.dtypes) > 1 else base.name)
+            for dtype in args.dtypes
+        ]
+        rows += measure(settings, tuple(args.methods), args.repeats, args.warmup)
     devices = ", ".join(str(d) for d in jax.devices())
     header = f"jax {jax.__version__} on {devices}, {args.repeats} timed steps after warm-up.\n\n"
     text = header + tables(rows)

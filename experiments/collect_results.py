@@ -31,11 +31,12 @@ import dataclasses
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from experiments import results
+from experiments import run_dir as outputs
 from experiments.cli import ArgumentParser, ConfigError, run_command
 from experiments.results import tables
 from experiments.results.summary import environment_names
@@ -92,8 +93,9 @@ def _run_result(run: results.Run) -> RunResult:
     )
 
 
-def load_runs(root: str | Path) -> list[RunResult]:
-    """Every run under ``root`` (any depth) with at least one record, selected."""
+def load_runs(root: epath.PathLike) -> list[RunResult]:
+    """Every run under ``root`` (any depth; a local directory or ``gs://...``) with at
+    least one record, selected."""
     return [_run_result(run) for run in results.load_sweep([root]).runs]
 
 
@@ -129,7 +131,7 @@ def results_table(runs: Sequence[RunResult], display_names: Mapping[str, str] | 
         return "No results found.\n"
     sweep = results.Sweep(
         runs=tuple(
-            results.Run(directory=Path(), records=run.records, finished=run.finished)
+            results.Run(directory=epath.Path(), records=run.records, finished=run.finished)
             for run in runs
         )
     )
@@ -149,7 +151,7 @@ def results_table(runs: Sequence[RunResult], display_names: Mapping[str, str] | 
 
 
 def results_tables(
-    directory: str | Path,
+    directory: epath.PathLike,
     output_format: str = "markdown",
     display_names: Mapping[str, str] | None = None,
 ) -> str:
@@ -206,7 +208,7 @@ def _collect(args: argparse.Namespace) -> int:
             error_bar=args.error_bar,
         )
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            outputs.as_path(args.output).write_text(text, encoding="utf-8")
     except (results.RecordError, OSError) as error:
         raise ConfigError(str(error)) from None
     sys.stdout.write(text)

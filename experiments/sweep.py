@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from experiments.algorithms import ALGORITHMS
 from experiments.cli import (
     ArgumentParser,
@@ -38,7 +40,7 @@ from experiments.cli import (
     deprecated,
     run_command,
 )
-from experiments.run_dir import check_output_dir
+from experiments.run_dir import as_path, check_output_dir
 from experiments.seeding import seed_hash
 from experiments.training import Hooks, TrainConfig, processes, run
 from experiments.training.loop import start_distributed
@@ -133,7 +135,7 @@ def make_configs(sweep: SweepConfig) -> list[TrainConfig]:
                         dataset=dataset,
                         algorithm=algorithm,
                         test_envs=test_envs,
-                        output_dir=str(Path(sweep.output_dir) / name),
+                        output_dir=str(as_path(sweep.output_dir) / name),
                         hparams_seed=hparams_seed,
                         trial_seed=trial_seed,
                         seed=seed_hash(dataset, algorithm, list(test_envs), hparams_seed,
@@ -142,7 +144,9 @@ def make_configs(sweep: SweepConfig) -> list[TrainConfig]:
     return configs
 
 
-def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] | None = None) -> list[Path]:
+def run_sweep(
+    sweep: SweepConfig, *, log: Callable[[str], None] | None = None
+) -> list[epath.Path]:
     """Runs (or finishes) every run of the sweep, with a progress bar and an ETA.
 
     Every run's arguments and output directory are checked before the first one starts.
@@ -160,9 +164,9 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] | None = None) -
         start_distributed(configs[0])  # every run has the sweep's layout
     writer = processes.is_writer()
     for config in configs:
-        check_output_dir(Path(config.output_dir), config.run_args())
+        check_output_dir(config.output_dir, config.run_args())
     if writer:
-        Path(sweep.output_dir).mkdir(parents=True, exist_ok=True)
+        as_path(sweep.output_dir).mkdir(parents=True, exist_ok=True)
     total = sum(config.steps or 0 for config in configs)
     with tqdm(
         total=total, unit="step", desc="sweep", dynamic_ncols=True, disable=not writer
@@ -176,12 +180,12 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] | None = None) -
                 log(line)
 
         for index, config in enumerate(configs):
-            name = Path(config.output_dir).name
+            name = as_path(config.output_dir).name
             bar.set_description(f"run {index + 1}/{len(configs)}")
             write(f"[{index + 1}/{len(configs)}] {name}")
             run(config, hooks=Hooks(after_step=lambda *_: bar.update()),
                 log=lambda line: write(f"  {line}"))
-    return [Path(config.output_dir) for config in configs]
+    return [as_path(config.output_dir) for config in configs]
 
 
 def build_parser() -> argparse.ArgumentParser:

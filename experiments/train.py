@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from experiments.cli import (
     ArgumentParser,
@@ -27,7 +26,7 @@ from experiments.cli import (
     dataclass_from_args,
     run_command,
 )
-from experiments.run_dir import CHECKPOINTS, RESULTS
+from experiments.run_dir import CHECKPOINTS, RESULTS, as_path
 from experiments.training import Hooks, TrainConfig, processes, run
 from experiments.training.loop import start_distributed
 
@@ -76,8 +75,8 @@ def _train(config: TrainConfig, argv: list[str], dry_run: str | None) -> int:
         for bar in bars:
             bar.close()
     if processes.is_writer():
-        print(f"results: {Path(config.output_dir) / RESULTS}")
-        print(f"checkpoints: {Path(config.output_dir) / CHECKPOINTS}")
+        print(f"results: {as_path(config.output_dir) / RESULTS}")
+        print(f"checkpoints: {as_path(config.output_dir) / CHECKPOINTS}")
     return 0
 
 

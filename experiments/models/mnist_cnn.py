@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,17 +21,21 @@ class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
 
     Attributes:
         num_classes: the number of logits.
+        dtype: the compute dtype of the convolutions and the classifier (bfloat16 for
+            mixed precision); parameters are float32 whatever it is, and the GroupNorms
+            compute in float32.
     """
 
     num_classes: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits ``(B, num_classes)`` of images ``x`` of shape ``(B, H, W, C)``."""
         del train
         for features, strides in ((64, 1), (128, 2), (128, 1), (128, 1)):
-            x = nn.Conv(features, (3, 3), strides=strides, padding=1)(x)
+            x = nn.Conv(features, (3, 3), strides=strides, padding=1, dtype=self.dtype)(x)
             x = nn.relu(x)
             x = nn.GroupNorm(num_groups=8, epsilon=1e-5)(x)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)

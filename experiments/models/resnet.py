@@ -25,6 +25,7 @@ dropout of rate ``dropout_rate`` sits between the pooled features and the classi
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,8 +38,9 @@ _BLOCKS_PER_STAGE = 2  # ResNet-18: [2, 2, 2, 2] BasicBlocks.
 _FrozenBatchNorm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-    """A bias-free convolution padded like torch's ``padding=kernel // 2``."""
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
+    """A bias-free convolution padded like torch's ``padding=kernel // 2``, computing in
+    ``dtype`` (its kernel stays float32)."""
     pad = kernel // 2
     return nn.Conv(
         features,
@@ -47,6 +49,7 @@ def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        dtype=dtype,
         name=name,
     )
 
@@ -57,21 +60,23 @@ class BasicBlock(nn.Module):
     Attributes:
         features: output channels of both convolutions.
         stride: stride of the first convolution (and of the downsampling shortcut).
+        dtype: the convolutions' compute dtype.
     """
 
     features: int
     stride: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the block to ``x`` of shape ``(B, H, W, C)``."""
         identity = x
-        y = _conv(self.features, 3, self.stride, "conv1")(x)
+        y = _conv(self.features, 3, self.stride, "conv1", self.dtype)(x)
         y = nn.relu(_FrozenBatchNorm(name="bn1")(y))
-        y = _conv(self.features, 3, 1, "conv2")(y)
+        y = _conv(self.features, 3, 1, "conv2", self.dtype)(y)
         y = _FrozenBatchNorm(name="bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.features:
-            identity = _conv(self.features, 1, self.stride, "downsample_0")(x)
+            identity = _conv(self.features, 1, self.stride, "downsample_0", self.dtype)(x)
             identity = _FrozenBatchNorm(name="downsample_1")(identity)
         return nn.relu(y + identity)
 
@@ -85,6 +90,9 @@ class ResNet18(nn.Module):
             needs the ``"dropout"`` rng when ``train`` and the rate is positive.
         width: channels of the first stage; the stages have ``width * (1, 2, 4, 8)``
             channels (64 gives torchvision's ResNet-18, 512 pooled features).
+        dtype: the compute dtype of the convolutions and ``fc`` (bfloat16 for mixed
+            precision); parameters and BatchNorm statistics are float32 whatever it is,
+            and the BatchNorms compute in float32.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -99,11 +107,12 @@ class ResNet18(nn.Module):
     num_classes: int
     dropout_rate: float = 0.0
     width: int = 64
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Logits ``(B, num_classes)`` of images ``x`` of shape ``(B, H, W, 3)``."""
-        x = _conv(self.width, 7, 2, "conv1")(x)
+        x = _conv(self.width, 7, 2, "conv1", self.dtype)(x)
         x = nn.relu(_FrozenBatchNorm(name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, stride in enumerate(_STAGE_STRIDES):
@@ -112,8 +121,9 @@ class ResNet18(nn.Module):
                 x = BasicBlock(
                     features,
                     stride if block == 0 else 1,
+                    dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
                 )(x)
         x = jnp.mean(x, axis=(1, 2))  # torchvision's AdaptiveAvgPool2d((1, 1)) + flatten
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="fc")(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)

@@ -33,10 +33,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
+from etils import epath
+
+from experiments import run_dir
 from experiments.run_dir import DONE, RESULTS
 
 RESULTS_FILE = RESULTS
@@ -89,7 +92,7 @@ class Run:
       finished: whether it holds ``done``.
     """
 
-    directory: Path
+    directory: epath.Path
     records: tuple[Record, ...]
     finished: bool
 
@@ -144,13 +147,13 @@ def parse_record(raw: Mapping[str, Any]) -> Record:
     return record
 
 
-def read_records(path: Path) -> list[Record]:
+def read_records(path: epath.PathLike) -> list[Record]:
     """The records of one ``results.jsonl``; a torn last line is skipped.
 
     Raises:
       RecordError: a line other than the last is not a record (with file and line).
     """
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = run_dir.as_path(path).read_text(encoding="utf-8").splitlines(keepends=True)
     records = []
     for number, line in enumerate(lines, start=1):
         last = number == len(lines)
@@ -173,17 +176,18 @@ def read_records(path: Path) -> list[Record]:
     return records
 
 
-def find_run_directories(directory: Path) -> list[Path]:
-    """Every directory at or below ``directory`` that holds ``results.jsonl``, sorted."""
-    return sorted(path.parent for path in directory.rglob(RESULTS_FILE) if path.is_file())
+def find_run_directories(directory: epath.PathLike) -> list[epath.Path]:
+    """Every directory at or below ``directory`` (local or ``gs://...``) that holds
+    ``results.jsonl``, sorted; a run directory is not searched further."""
+    return run_dir.find_runs(directory)
 
 
-def load_sweep(directories: Iterable[str | Path]) -> Sweep:
+def load_sweep(directories: Iterable[epath.PathLike]) -> Sweep:
     """Every run with records at or below each of ``directories``.
 
     Args:
-      directories: sweep directories (or run directories); a run found twice is read
-        once.
+      directories: sweep directories (or run directories), local or ``gs://...``; a
+        run found twice is read once.
 
     Returns:
       The runs, directory by directory, each directory's runs in sorted path order.
@@ -192,16 +196,17 @@ def load_sweep(directories: Iterable[str | Path]) -> Sweep:
       RecordError: a directory does not exist, or a line is not a record.
     """
     runs = []
-    seen: set[Path] = set()
-    for directory in map(Path, directories):
+    seen: set[str] = set()
+    for directory in map(run_dir.as_path, directories):
         if not directory.is_dir():
             raise RecordError(f"{directory} is not a directory")
-        for run_dir in find_run_directories(directory):
-            if run_dir.resolve() in seen:
+        for found in find_run_directories(directory):
+            key = os.path.realpath(found) if run_dir.is_local(found) else os.fspath(found)
+            if key in seen:
                 continue
-            seen.add(run_dir.resolve())
-            records = read_records(run_dir / RESULTS_FILE)
+            seen.add(key)
+            records = read_records(found / RESULTS_FILE)
             if records:
-                finished = (run_dir / DONE_FILE).exists()
-                runs.append(Run(directory=run_dir, records=tuple(records), finished=finished))
+                finished = (found / DONE_FILE).exists()
+                runs.append(Run(directory=found, records=tuple(records), finished=finished))
     return Sweep(runs=tuple(runs))

@@ -5,22 +5,23 @@ two are kept. A checkpoint whose files were damaged afterwards (a full disk, a c
 short) does not restore: the run says so in one line, resumes from the newest one that
 does, and moves the newer, damaged ones to ``damaged_checkpoints/`` (kept, not deleted)
 so that their steps can be saved again. When none restores, :class:`CheckpointError`
-and nothing changes. The other files of a run directory: :mod:`experiments.run_dir`.
+and nothing changes. The directory may be local or on an object store (``gs://...``,
+where the move is a copy: :func:`experiments.run_dir.move_tree`). The other files of a
+run directory: :mod:`experiments.run_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from experiments.run_dir import DAMAGED_CHECKPOINTS, fsync_directory
+from experiments.run_dir import DAMAGED_CHECKPOINTS, as_path, move_tree
 
 
 @contextlib.contextmanager
@@ -44,16 +45,17 @@ class Checkpoints:
 
     Saving is synchronous, so a record's checkpoint is complete when :meth:`save`
     returns; the last ``max_to_keep`` are kept; half-written ones are cleaned up.
+    ``directory`` is a local path or an object store's (``gs://...``), as orbax takes.
     """
 
-    def __init__(self, directory: Path, *, max_to_keep: int = 2) -> None:
+    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 2) -> None:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
             create=True,
         )
-        self._directory = directory.absolute()
+        self._directory = as_path(directory, absolute=True)
         with _quiet("absl"):  # a damaged checkpoint is reported by restore_newest
             self._manager = ocp.CheckpointManager(self._directory, options=options)
 
@@ -103,8 +105,7 @@ class Checkpoints:
         target, copy = damaged / str(step), 1
         while target.exists():
             target, copy = damaged / f"{step}.{copy}", copy + 1
-        os.replace(self._directory / str(step), target)
-        fsync_directory(self._directory)
+        move_tree(self._directory / str(step), target)
 
     def save(self, step: int, state: Any) -> None:
         """Saves ``state`` as the checkpoint of ``step`` (blocking)."""

@@ -21,10 +21,12 @@ from experiments.hparams_registry import get_hparams
 from experiments.training import parallel
 
 GRADIENT_METHODS = ("loop", "vmap", "vjp")
+DTYPES = ("float32", "bfloat16")
+"""Compute dtypes of the convolutions and dense layers (``--dtype``)."""
 LOCATION_FIELDS = ("output_dir", "data_dir", "layout")
 """Fields that do not change the results, so not in ``args.json``: where the files and
 the arrays live."""
-LATER_FIELDS = {"model": None}
+LATER_FIELDS = {"model": None, "dtype": "float32"}
 """Fields added after runs were first written, with their defaults: recorded in
 ``args.json`` only when set, so that the run directories of earlier versions resume."""
 
@@ -61,6 +63,9 @@ class TrainConfig:
             for quick tests.
         model: a registered model (:data:`experiments.models.MODELS`); None for the
             dataset's.
+        dtype: the compute dtype of the convolutions and dense layers (:data:`DTYPES`);
+            parameters, optimizer state, BatchNorm statistics, per-domain gradients and
+            the loss stay float32 (README, "Mixed precision").
         layout: the devices and hosts the run uses (the device flags).
     """
 
@@ -80,6 +85,8 @@ class TrainConfig:
     gradient_method: str = _field("loop", ", ".join(GRADIENT_METHODS))
     max_eval_examples: int | None = _field(None, "evaluate at most this many per split")
     model: str | None = _field(None, "a registered model (default: the dataset's)")
+    dtype: str = _field("float32", "compute dtype of convolutions and dense layers: "
+                        + ", ".join(DTYPES))
     layout: parallel.DeviceLayout = _field(
         parallel.DeviceLayout(), "devices (do not change the results)")
 
@@ -156,6 +163,8 @@ class TrainConfig:
                 f"unknown gradient method {self.gradient_method!r}; expected one of "
                 f"{', '.join(GRADIENT_METHODS)}"
             )
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         try:

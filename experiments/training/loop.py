@@ -23,7 +23,6 @@ import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -100,6 +99,7 @@ def model_and_optimizer(
     algorithm: str,
     hparams_json: str,
     steps: int,
+    dtype: str = "float32",
 ) -> tuple[nn.Module, optax.GradientTransformation]:
     """The same objects for the same arguments, so that the runs of one process that
     differ only in data (test env, trial) or seed reuse one compilation of the steps.
@@ -109,9 +109,10 @@ def model_and_optimizer(
     (``tests/experiments/test_algorithms.py`` checks it), so each run's seed enters
     through its initial state (``create_train_state(init_tx=...)``). ``steps`` is 0
     unless the algorithm depends on the run's length (CorGrad's decaying alpha).
+    ``dtype`` is the model's compute dtype.
     """
     hparams = json.loads(hparams_json)
-    model = models.get_model(model_name, num_classes, hparams)
+    model = models.get_model(model_name, num_classes, hparams, dtype=dtype)
     return model, build_optimizer(algorithm, hparams, seed=0, total_steps=max(steps, 2))
 
 
@@ -127,6 +128,7 @@ def build_model_and_optimizer(
         config.algorithm,
         json.dumps(dict(hparams), sort_keys=True),
         config.steps if entry.uses_total_steps(hparams) else 0,
+        config.dtype,
     )
 
 
@@ -170,7 +172,7 @@ def run(
         log = lambda _: None  # noqa: E731
     spec = config.dataset_spec()
     hparams = config.run_hparams()
-    run_dir = Path(config.output_dir)
+    run_dir = files.as_path(config.output_dir)  # a local directory or gs://...
     exists = files.check_output_dir(run_dir, config.run_args())
     results_path = run_dir / files.RESULTS
     if exists and (run_dir / files.DONE).exists():

@@ -10,6 +10,11 @@ and one gradient, stacked ``(D, *param.shape)`` by
 :func:`corgrad_jax.per_domain_gradients`; ``tx`` (the algorithm chained with Adam)
 turns them into one update. BatchNorm statistics (ResNet-18) are frozen: they live in
 ``batch_stats``, outside the optimizer and outside the stacked gradients.
+
+Mixed precision (``--dtype bfloat16``): the model computes its convolutions and dense
+layers in bfloat16 from float32 parameters; the logits are cast to float32 before the
+loss, and the gradients with respect to the float32 parameters are float32, so the
+algorithm, Adam and the checkpoints see float32 only.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ def domain_gradients(
             domain_batch["x"],
             train=True,
             rngs={"dropout": domain_batch["dropout_key"]},
-        )
+        ).astype(jnp.float32)  # the loss is float32 whatever the model's compute dtype
         return optax.softmax_cross_entropy_with_integer_labels(logits, domain_batch["y"]).mean()
 
     def gradients(params: PyTree, domains: dict[str, jax.Array]) -> tuple[jax.Array, PyTree]:
@@ -189,6 +194,7 @@ def train_step(
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
     """The number of correct predictions in ``batch`` (``x``, ``y``, 0/1 ``mask``)."""
     logits = state.apply_fn(_variables(state, state.params), batch["x"], train=False)
+    logits = logits.astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == batch["y"]) & batch["mask"]
     return jnp.sum(correct, dtype=jnp.int32)
 

@@ -52,7 +52,7 @@ def registered() -> Iterator[None]:
         hparams={"damping": HParam(0.5, lambda r: float(r.uniform(0.1, 1.0)), PROBABILITY)},
     ))
     models.register(models.Model(
-        name="tiny_linear", build=lambda num_classes, hparams: TinyLinear(num_classes)))
+        name="tiny_linear", build=lambda num_classes, hparams, *, dtype: TinyLinear(num_classes)))
     data.register(dataclasses.replace(
         data.get_dataset_spec("RotatedMNIST"), name="HalfRotated", load=_load_half_rotated,
         model="tiny_linear", checkpoint_freq=3))

@@ -1,0 +1,78 @@
+"""``benchmarks/device_check.py --quick`` on the CPU: one table with a row for every
+check, within its time budget; what does not fit the budget is listed as skipped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STEP_CASES = [f"{algorithm}, {method}, {dtype}" for method in ("loop", "vmap")
+              for dtype in ("float32", "bfloat16") for algorithm in ("ERM", "CorGrad", "PCGrad")]
+ROWS = [  # (check, case), in the table's order
+    *[("CorGrad update alone, ResNet-18 shapes (11.7M params)", f"D={d}") for d in (3, 5)],
+    ("input pipeline", "train batches, 3 x 4 (decode + augment)"),
+    ("input pipeline", "evaluation pass (decode + resize)"),
+    *[("RotatedMNIST, 20 steps, test env 0 (0 degrees)", case) for case in ("ERM", "CorGrad")],
+    *[("train step, MNIST_CNN, 3 x 4 at 28x28", case) for case in STEP_CASES],
+]
+
+
+def _device_check(*flags: str, timeout: float) -> tuple[int, str, list[list[str]]]:
+    """Exit code, stdout and the table's rows (cells) of a quick run."""
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *filter(None, [environment.get("PYTHONPATH")])])
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "device_check.py"), "--quick", *flags],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+    lines = done.stdout.splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in lines if line.startswith("| ") and not line.startswith("| check ")]
+    return done.returncode, done.stdout, rows
+
+
+def _matches(rows: list[list[str]]) -> None:
+    assert len(rows) == len(ROWS)
+    for cells, (check, case) in zip(rows, ROWS, strict=True):
+        assert len(cells) == 5 and cells[0].startswith(check) and cells[1] == case, cells
+
+
+@pytest.mark.slow
+def test_the_quick_check_measures_every_row_and_exits_0() -> None:
+    code, stdout, rows = _device_check(timeout=1200)
+    assert code == 0, stdout[-3000:]
+    first = stdout.splitlines()[0]
+    assert first.startswith("device_check --quick: 1 x cpu (cpu), jax " + jax.__version__)
+    _matches(rows)
+    assert not any(cells[2].startswith("skipped") for cells in rows)
+    for cells in rows[:2]:  # the update against the floor
+        assert cells[2].endswith("GB/s)") and cells[3].endswith("x")
+    for cells in rows[2:4]:
+        assert "images/s" in cells[2]
+    assert "test " in rows[4][2] and rows[5][3].endswith("x")
+    for cells in rows[6:]:  # every step has a time and a ratio to an ERM step
+        assert "ms/step" in cells[2] and cells[3].endswith("x") and cells[4].startswith("ERM, ")
+    assert stdout.rstrip().endswith("18 rows measured, 0 skipped (time budget)")
+
+
+def test_checks_that_do_not_fit_the_budget_are_listed_as_skipped() -> None:
+    code, stdout, rows = _device_check("--budget_s", "0", timeout=300)
+    assert code == 0, stdout[-3000:]
+    _matches(rows)
+    assert all(cells[2].startswith("skipped: needs about") for cells in rows)
+    assert stdout.rstrip().endswith("0 rows measured, 18 skipped (time budget)")
+
+
+def test_the_watchdog_prints_what_was_measured_and_exits_3() -> None:
+    code, stdout, rows = _device_check("--hard_limit_s", "1", timeout=300)
+    assert code == 3
+    assert "stopped by the watchdog after 1 s" in stdout
+    assert stdout.splitlines()[0].startswith("device_check --quick: ")
+    assert "| check | case | result | ratio | ratio to |" in stdout
