@@ -170,6 +170,11 @@ class InMemoryEnvironments:
             chosen = indices[first : first + batch_size]
             yield {"x": self.inputs[env][chosen], "y": self.labels[env][chosen].astype(np.int32)}
 
+    # The host gives model inputs: nothing is left for the device to do.
+    device_transform = None
+    stored_train_batch = train_batch
+    stored_eval_batches = eval_batches
+
 
 @functools.lru_cache(maxsize=8)
 def _environments(name: str, trial_seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
