@@ -10,7 +10,8 @@ import pytest
 MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.agreement",
            "corgrad_jax._src.per_domain", "corgrad_jax._src.sharding",
            "experiments.cli", "experiments.hparams", "experiments.hparams_registry",
-           "experiments.data", "experiments.data.splits", "experiments.models",
+           "experiments.data", "experiments.data.splits", "experiments.data.sampling",
+           "experiments.data.device_images", "experiments.models",
            "experiments.seeding", "experiments.sweep", "experiments.training.parallel",
            "experiments.training.processes"]
 

@@ -8,10 +8,13 @@ Pipeline:
    squares of side ``stored_size`` (the device path), or as their encoded files (the
    host path).
 2. **Read** with ``tfds.builder_from_directory(...).as_data_source()`` (random access,
-   no TensorFlow) and Grain: per training domain ``MapDataset.source(in split)
-   .shuffle(seed).repeat()``, so the element at position ``p`` of domain ``d`` depends
-   on (seed, d, p) only; step ``t`` takes positions ``t * B ... t * B + B - 1`` of every
-   training domain. A Grain ``IterDataset`` reads ahead on ``num_workers`` threads.
+   no TensorFlow): each training domain's ``in`` split is an endless stream of epochs,
+   each a fresh permutation (device path: NumPy's, drawn from ``seed_hash(seed, env,
+   epoch)`` as for the in-memory datasets, :mod:`experiments.data.sampling`; host path:
+   Grain's ``MapDataset.source(in split).shuffle(seed).repeat()``), so the element at
+   position ``p`` of domain ``d`` depends on (seed, d, p) only; step ``t`` takes
+   positions ``t * B ... t * B + B - 1`` of every training domain. A Grain
+   ``IterDataset`` reads ahead on ``num_workers`` threads.
 3. **Augment** as DomainBed, by one of two paths (``augmentation``):
 
    * ``"device"``: the host gathers the stored uint8 squares (``stored_train_batch``,
@@ -36,7 +39,7 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,7 @@ from experiments.data.folder_cache import default_cache_root, ensure_cache
 from experiments.data.folder_layout import Layout, dataset_root, scan
 from experiments.data.images import augment_image, eval_transform
 from experiments.data.registry import AUGMENTATIONS, DatasetSpec, get_dataset_spec
+from experiments.data.sampling import position_index
 from experiments.data.splits import holdout_split
 from experiments.seeding import seed_hash
 
@@ -63,6 +67,23 @@ class _Subset(Sequence):
 
     def __getitem__(self, index: int) -> Any:  # type: ignore[override]
         return self._source[int(self._keys[index])]
+
+
+class _EpochOrder:
+    """Position ``p`` of an endless stream of epochs of ``source``, each a fresh NumPy
+    permutation (:func:`experiments.data.sampling.position_index`), mapped by ``read``."""
+
+    def __init__(
+        self, source: Sequence[Any], seed: int, env: int, read: Callable[[Any], Any]
+    ) -> None:
+        self._source = source
+        self._seed = seed
+        self._env = env
+        self._read = read
+
+    def __getitem__(self, position: int) -> Any:
+        index = position_index(len(self._source), position, seed=self._seed, env=self._env)
+        return self._read(self._source[index])
 
 
 class FolderDataset:
@@ -156,11 +177,15 @@ class FolderDataset:
 
     def _train_dataset(self, env: int) -> Any:
         """Infinite, per-epoch reshuffled ``in`` split of environment ``env``: stored
-        squares (device path) or augmented model inputs (host path)."""
+        squares (device path: each epoch a NumPy permutation, as the in-memory datasets)
+        or augmented model inputs (host path: Grain's shuffle, whose index shuffle costs
+        as much as reading a stored square on small domains)."""
+        if self.device_transform is not None:
+            return _EpochOrder(
+                self._split_source(env, "in"), self.seed, env, self._stored_train_element
+            )
         dataset = self._grain.MapDataset.source(self._split_source(env, "in"))
         dataset = dataset.shuffle(seed=seed_hash("shuffle", self.seed, env) % 2**32).repeat()
-        if self.device_transform is not None:
-            return dataset.map(self._stored_train_element)
         if self._augment:
             return dataset.random_map(
                 self._train_element, seed=seed_hash("augment", self.seed, env) % 2**32
