@@ -207,17 +207,25 @@ def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
 
 
 def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
-    """RGB in [0, 1] -> HSV in [0, 1] (hue in turns), as ``colorsys.rgb_to_hsv``."""
+    """RGB in [0, 1] -> HSV in [0, 1] (hue in turns), as ``colorsys.rgb_to_hsv``.
+
+    The hue's sector is chosen by the index of the largest channel, never by comparing
+    a channel with the maximum for equality: XLA may compute the two in different
+    fusions, one rounding apart, and a failed equality would pick a wrong sector (a
+    jitted ``red == value`` did, for a pixel of a saturated image, on one device but
+    not on four).
+    """
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    largest = jnp.argmax(rgb, axis=-1)
     value = jnp.max(rgb, axis=-1)
     chroma = value - jnp.min(rgb, axis=-1)
     saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0), 0.0)
     safe = jnp.where(chroma > 0, chroma, 1.0)
     red_c, green_c, blue_c = (value - red) / safe, (value - green) / safe, (value - blue) / safe
-    hue = jnp.where(
-        red == value,
-        blue_c - green_c,
-        jnp.where(green == value, 2.0 + red_c - blue_c, 4.0 + green_c - red_c),
+    hue = jnp.select(
+        [largest == 0, largest == 1],
+        [blue_c - green_c, 2.0 + red_c - blue_c],
+        4.0 + green_c - red_c,
     )
     hue = jnp.where(chroma > 0, jnp.mod(hue / 6.0, 1.0), 0.0)
     return jnp.stack([hue, saturation, value], axis=-1)
