@@ -17,6 +17,9 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from parallel_helpers import ROOT, environment
 from PIL import Image, ImageEnhance, ImageFilter
 
 from experiments import models, train
@@ -125,7 +129,7 @@ def test_colour_adjustment_is_pil(squares: list[np.ndarray], name: str, factor: 
     pil_adjust, device_adjust, tolerance = _ADJUSTMENTS[name]
     for pixels in squares:
         pil = pil_adjust(Image.fromarray(pixels), factor)
-        device = device_adjust(jnp.asarray(pixels, jnp.float32), factor)
+        device = jax.jit(device_adjust)(jnp.asarray(pixels, jnp.float32), factor)
         assert _error(pil, device) < tolerance, name
         assert _error(pixels, device) > 3 * tolerance  # it did something
 
@@ -151,11 +155,14 @@ def test_hsv_round_trip_is_exact_and_agrees_with_colorsys() -> None:
 # The whole augmentation -----------------------------------------------------------------------
 
 
+_jitted_augmentation = jax.jit(device_images.apply_augmentation, static_argnums=4)
+
+
 def _both(pixels: np.ndarray, augmentation: Augmentation) -> tuple[Image.Image, jax.Array]:
-    """PIL's and the device's augmentation of ``pixels`` (taken as the original)."""
+    """PIL's and the device's (jitted) augmentation of ``pixels`` (taken as the original)."""
     height, width = pixels.shape[:2]
     pil = images.apply_augmentation(Image.fromarray(pixels), augmentation, RESOLUTION)
-    device = device_images.apply_augmentation(
+    device = _jitted_augmentation(
         jnp.asarray(pixels), width, height, _on_device(augmentation), RESOLUTION
     )
     return pil, device
@@ -171,6 +178,8 @@ def test_the_augmentation_is_pil_on_the_same_choices(squares: list[np.ndarray]) 
             augmentation = augmentation._replace(flip=True, grayscale=True)
         pil, device = _both(pixels, augmentation)
         errors.append(_error(pil, device))
+        # PIL's 8-bit hue is up to 22 off in a pixel; a wrong hue sector would be 100+.
+        assert np.abs(np.asarray(pil, np.float32) - np.asarray(device)).max() < 30
     assert max(errors) < AUGMENTATION_TOLERANCE, errors
 
 
@@ -304,6 +313,44 @@ def test_device_augmentation_is_a_function_of_seed_step_domain_and_example(
     same = {**stored_batch, "x": np.broadcast_to(stored_batch["x"][:1, :1], (3, 4, 40, 40, 3))}
     augmented = np.asarray(transform.train(same, 7)["x"]).reshape(12, -1)
     assert len({row.tobytes() for row in augmented}) == 12
+
+
+def test_a_mesh_of_four_devices_augments_as_one_device(
+    stored_batch: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """The trainer's global batch, split (domain, data) = (1, 4) or (3, 1) over virtual
+    CPU devices in a fresh process, gives one device's augmentation and stays split."""
+    np.savez(tmp_path / "stored.npz", **stored_batch)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from experiments.data.device_images import DeviceTransform
+        from experiments.training.parallel import make_plan
+
+        stored = dict(np.load({str(tmp_path / "stored.npz")!r}))
+        transform = DeviceTransform(resolution=32, stored_size=40, seed=5)
+        outputs = {{}}
+        for devices, domain_parallel in ((4, 1), (3, 3)):
+            plan = make_plan(num_domains=3, batch_size=4, num_devices=devices,
+                             domain_parallel=domain_parallel)
+            batch = plan.global_batch(
+                lambda d, e: {{k: v[d, e] for k, v in stored.items()}}, 3, 4)
+            x = transform.train(batch, 7)["x"]
+            assert x.sharding.is_equivalent_to(plan.batch_sharding, x.ndim), x.sharding
+            outputs[f"train{{devices}}"] = np.asarray(x)
+            evaluation = plan.global_eval_batch({{"x": stored["x"].reshape(12, 40, 40, 3)}})
+            outputs[f"eval{{devices}}"] = np.asarray(transform.eval(evaluation)["x"])
+        np.savez({str(tmp_path / "outputs.npz")!r}, **outputs)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=environment(4), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = np.load(tmp_path / "outputs.npz")
+    transform = DeviceTransform(resolution=32, stored_size=40, seed=5)
+    single = np.asarray(transform.train(stored_batch, 7)["x"])
+    evaluated = np.asarray(transform.eval({"x": stored_batch["x"].reshape(12, 40, 40, 3)})["x"])
+    for devices in (4, 3):
+        np.testing.assert_allclose(outputs[f"train{devices}"], single, rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(outputs[f"eval{devices}"], evaluated, rtol=1e-6, atol=1e-5)
 
 
 def test_without_augmentation_training_batches_are_resized_like_evaluation(
