@@ -11,7 +11,8 @@ MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.agreement",
            "corgrad_jax._src.per_domain", "corgrad_jax._src.sharding",
            "experiments.cli", "experiments.hparams", "experiments.hparams_registry",
            "experiments.data", "experiments.data.splits", "experiments.data.sampling",
-           "experiments.data.device_images", "experiments.models",
+           "experiments.data.device_images", "experiments.data.device_colour",
+           "experiments.models",
            "experiments.seeding", "experiments.sweep", "experiments.training.parallel",
            "experiments.training.processes"]
 

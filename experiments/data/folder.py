@@ -110,7 +110,7 @@ class FolderDataset:
         fast_decode: bool,
         num_workers: int,
         augmentation: str,
-        side: int | None,
+        stored_size: int | None,
     ) -> None:
         import grain
 
@@ -129,9 +129,9 @@ class FolderDataset:
         self.augmentation = augmentation
         self.device_transform: DeviceTransform | None = None
         if augmentation == "device":
-            assert side is not None
+            assert stored_size is not None
             self.device_transform = DeviceTransform(
-                resolution=resolution, stored_size=side, seed=seed, augment=augment
+                resolution=resolution, stored_size=stored_size, seed=seed, augment=augment
             )
         self._fast_decode = fast_decode
         self._num_workers = num_workers
@@ -377,9 +377,10 @@ def load_folder_dataset(
         raise ValueError(
             f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}"
         )
-    side = None
-    if augmentation == "device":
-        side = stored_size or default_stored_size(resolution)
+    if augmentation == "host":
+        stored_size = None  # the encoded files
+    elif stored_size is None:
+        stored_size = default_stored_size(resolution)
     spec = dataset if isinstance(dataset, DatasetSpec) else get_dataset_spec(dataset, data_dir)
     if spec.root is not None:
         root, expected = spec.root, None
@@ -390,12 +391,12 @@ def load_folder_dataset(
     spec.check_test_envs(tuple(test_envs))
     workers = num_workers or os.cpu_count() or 1
     cache_root = cache_dir or default_cache_root(data_dir)
-    version_dir = ensure_cache(layout, spec.name, cache_root, workers, side)
+    version_dir = ensure_cache(layout, spec.name, cache_root, workers, stored_size)
 
     import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(version_dir)
-    decoders = None if side is not None else {"image": tfds.decode.SkipDecoding()}
+    decoders = None if stored_size is not None else {"image": tfds.decode.SkipDecoding()}
     splits = builder.as_data_source(decoders=decoders)
     sources = [splits[f"env{index}"] for index in range(len(layout.environments))]
     return FolderDataset(
@@ -412,5 +413,5 @@ def load_folder_dataset(
         fast_decode=fast_decode,
         num_workers=workers,
         augmentation=augmentation,
-        side=side,
+        stored_size=stored_size,
     )

@@ -1,4 +1,5 @@
-"""Tests of the device path's image transforms (:mod:`experiments.data.device_images`)
+"""Tests of the device path's image transforms (:mod:`experiments.data.device_images`,
+:mod:`experiments.data.device_colour`)
 against torchvision's PIL operations (:mod:`experiments.data.images`), the independent
 reference, on the same choices: same crop box, flip, jitter factors and order, and
 grayscale decision.
@@ -33,7 +34,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from experiments import models, train
 from experiments import run_dir as outputs
-from experiments.data import device_images, folder, images
+from experiments.data import device_colour, device_images, folder, images
 from experiments.data.device_images import DeviceTransform
 from experiments.data.folder import load_folder_dataset
 from experiments.data.images import Augmentation
@@ -111,12 +112,12 @@ def test_crop_and_resize_is_pil_resize_with_a_box(
 
 _ADJUSTMENTS: dict[str, tuple[Callable, Callable, float]] = {
     "brightness": (lambda image, f: ImageEnhance.Brightness(image).enhance(f),
-                   device_images.adjust_brightness, BLEND_TOLERANCE),
+                   device_colour.adjust_brightness, BLEND_TOLERANCE),
     "contrast": (lambda image, f: ImageEnhance.Contrast(image).enhance(f),
-                 device_images.adjust_contrast, BLEND_TOLERANCE),
+                 device_colour.adjust_contrast, BLEND_TOLERANCE),
     "saturation": (lambda image, f: ImageEnhance.Color(image).enhance(f),
-                   device_images.adjust_saturation, BLEND_TOLERANCE),
-    "hue": (images._adjust_hue, device_images.adjust_hue, HUE_TOLERANCE),
+                   device_colour.adjust_saturation, BLEND_TOLERANCE),
+    "hue": (images._adjust_hue, device_colour.adjust_hue, HUE_TOLERANCE),
 }  # fmt: skip
 
 
@@ -137,7 +138,7 @@ def test_colour_adjustment_is_pil(squares: list[np.ndarray], name: str, factor: 
 def test_grayscale_is_pil_convert_l(squares: list[np.ndarray]) -> None:
     for pixels in squares:
         pil = Image.fromarray(pixels).convert("L").convert("RGB")
-        assert _error(pil, device_images.to_grayscale(jnp.asarray(pixels, jnp.float32))) < 0.35
+        assert _error(pil, device_colour.to_grayscale(jnp.asarray(pixels, jnp.float32))) < 0.35
 
 
 def test_hsv_round_trip_is_exact_and_agrees_with_colorsys() -> None:
@@ -145,10 +146,10 @@ def test_hsv_round_trip_is_exact_and_agrees_with_colorsys() -> None:
 
     rgb = np.random.default_rng(1).uniform(0, 1, (500, 3))
     rgb[:20] = rgb[:20, :1]  # grey pixels: no hue
-    hsv = np.asarray(device_images.rgb_to_hsv(jnp.asarray(rgb, jnp.float32)))
+    hsv = np.asarray(device_colour.rgb_to_hsv(jnp.asarray(rgb, jnp.float32)))
     expected = np.array([colorsys.rgb_to_hsv(*pixel) for pixel in rgb])
     np.testing.assert_allclose(hsv, expected, atol=1e-5)
-    back = device_images.hsv_to_rgb(jnp.asarray(hsv))
+    back = device_colour.hsv_to_rgb(jnp.asarray(hsv))
     np.testing.assert_allclose(np.asarray(back), rgb, atol=1e-5)
 
 
