@@ -4,9 +4,9 @@ A tensorflow-datasets ``GeneratorBasedBuilder`` writes every image with its labe
 path into ArrayRecord files, one split per domain (``env<i>``), in one of two forms:
 
 * ``pixels<S>`` (the device path): decoded once and resized to a uint8 ``S x S x 3``
-  square, stored raw (``S * S * 3`` bytes, 196,608 for S = 256) with the original
-  ``(width, height)`` (:func:`experiments.data.images.stored_pixels`); training reads
-  no JPEG;
+  square, stored as its raw bytes (``S * S * 3``, 196,608 for S = 256; ArrayRecord
+  compresses each record with zstd) with the original ``(width, height)``
+  (:func:`experiments.data.images.stored_pixels`); training reads no JPEG;
 * ``encoded`` (the host path): the file's bytes, checked to decode.
 
 The cache folder is named after the dataset folder, the form and a fingerprint of the
