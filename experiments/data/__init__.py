@@ -16,6 +16,7 @@ Example:
 from experiments.data.base import Batch as Batch
 from experiments.data.base import EnvironmentSplits as EnvironmentSplits
 from experiments.data.base import Split as Split
+from experiments.data.registry import AUGMENTATIONS as AUGMENTATIONS
 from experiments.data.registry import DATASETS as DATASETS
 from experiments.data.registry import DatasetSpec as DatasetSpec
 from experiments.data.registry import get_dataset_spec as get_dataset_spec
@@ -23,6 +24,7 @@ from experiments.data.registry import load_dataset as load_dataset
 from experiments.data.registry import register as register
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "Batch",
     "DatasetSpec",

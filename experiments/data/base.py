@@ -4,12 +4,18 @@ A dataset is a list of environments (domains). The trainer asks for one minibatc
 training environment at every step, stacked on a leading domain axis, and for
 evaluation batches of every environment's ``in`` and ``out`` splits (DomainBed's
 names: ``out`` is the held-out ``holdout_fraction`` of the environment, ``in`` the rest).
+
+A dataset may leave part of the work to the accelerator: its ``stored_train_batch`` and
+``stored_eval_batches`` then give what the host reads (uint8 images), and its
+``device_transform`` turns those, on the device, into the model inputs that
+``train_batch`` and ``eval_batches`` give. Otherwise ``device_transform`` is None and
+the stored batches are the model inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -17,6 +23,25 @@ Batch = dict[str, np.ndarray]
 """``{"x": float32 images (..., H, W, C), "y": int32 labels (...)}``."""
 
 Split = Literal["in", "out"]
+
+
+class DeviceTransform(Protocol):
+    """How the device turns stored batches into model inputs (a jitted function of
+    arrays, so the batches may live on a mesh)."""
+
+    @property
+    def stored_shape(self) -> tuple[int, int, int]:
+        """One stored example's shape (its dtype is uint8)."""
+        ...
+
+    def train(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
+        """A whole training step's stored batch -> ``{"x": model inputs, "y": ...}``;
+        a pure function of (seed, step) and the batch."""
+        ...
+
+    def eval(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A stored evaluation batch -> the same batch with ``x`` the model inputs."""
+        ...
 
 
 class EnvironmentSplits(Protocol):
@@ -27,6 +52,7 @@ class EnvironmentSplits(Protocol):
     num_classes: int
     input_shape: tuple[int, int, int]  # (H, W, C)
     train_envs: tuple[int, ...]  # every environment not in test_envs, ascending
+    device_transform: DeviceTransform | None  # None: stored batches are model inputs
 
     def split_size(self, env: int, split: Split) -> int:
         """The number of examples in environment ``env``'s ``split``."""
@@ -55,4 +81,16 @@ class EnvironmentSplits(Protocol):
         ``start`` and ``stop`` restrict it to positions ``[start, stop)`` of the split
         (each process of a multi-host evaluation reads its own share).
         """
+        ...
+
+    def stored_train_batch(
+        self, step: int, domains: slice = slice(None), examples: slice = slice(None)
+    ) -> Batch:
+        """:meth:`train_batch` as the host reads it, before ``device_transform``."""
+        ...
+
+    def stored_eval_batches(
+        self, env: int, split: Split, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Batch]:
+        """:meth:`eval_batches` as the host reads them, before ``device_transform``."""
         ...

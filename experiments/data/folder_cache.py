@@ -1,12 +1,22 @@
 """The ArrayRecord copy of an image folder: built once, named by the folder's fingerprint.
 
-A tensorflow-datasets ``GeneratorBasedBuilder`` writes the encoded image bytes (checked
-to decode) with their labels into ArrayRecord files, one split per domain
-(``env<i>``), in a cache folder named after the dataset folder and a fingerprint of its
-file list, sizes and modification times (:func:`experiments.data.folder_layout.scan`).
-A changed folder gets a new cache and the stale one is removed. A file lock lets
-several processes share one cache; an interrupted build is redone. TensorFlow is never
-imported.
+A tensorflow-datasets ``GeneratorBasedBuilder`` writes every image with its label and
+path into ArrayRecord files, one split per domain (``env<i>``), in one of two forms:
+
+* ``pixels<S>`` (the device path): decoded once and resized to a uint8 ``S x S x 3``
+  square, stored as its raw bytes (``S * S * 3``, 196,608 for S = 256; ArrayRecord
+  compresses each record with zstd) with the original ``(width, height)``
+  (:func:`experiments.data.images.stored_pixels`); training reads no JPEG;
+* ``encoded`` (the host path): the file's bytes, checked to decode.
+
+The cache folder is named after the dataset folder, the form and a fingerprint of the
+folder's file list, sizes and modification times
+(:func:`experiments.data.folder_layout.scan`, which includes
+:data:`~experiments.data.folder_layout.CACHE_FORMAT`). A changed folder gets a new
+cache and the stale one of the same form is removed (and the caches of format 1, which
+held encoded bytes under a name without a form). Building prints a line per domain. A
+file lock lets several processes share one cache; an interrupted build is redone.
+TensorFlow is never imported.
 """
 
 from __future__ import annotations
@@ -17,17 +27,35 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
+import numpy as np
+
 from experiments.data.folder_layout import Layout
-from experiments.data.images import decode_image
+from experiments.data.images import decode_image, stored_pixels
 
 _log = logging.getLogger(__name__)
 
 _BUILDER_VERSION = "1.0.0"
 _MANIFEST = "layout.json"
+_PROGRESS_EVERY = 10_000
+"""Besides a line per domain, a line every this many images of a domain."""
+
+
+def cache_form(stored_size: int | None) -> str:
+    """The name of a stored form: ``pixels<S>`` for squares of side S, ``encoded`` for
+    the files' bytes (None)."""
+    return "encoded" if stored_size is None else f"pixels{stored_size}"
+
+
+def stored_bytes(stored_size: int) -> int:
+    """The bytes of one stored image's pixels (the records add about 100 more: label,
+    path, size, framing)."""
+    return stored_size * stored_size * 3
 
 
 def _read_checked(root: str, relative: str) -> bytes:
@@ -42,12 +70,50 @@ def _read_checked(root: str, relative: str) -> bytes:
     return data
 
 
-def _make_builder(layout: Layout, data_dir: str, num_workers: int) -> Any:
+def _read(root: str, relative: str) -> bytes:
+    path = os.path.join(root, relative)
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _stored_example(root: str, relative: str, stored_size: int | None) -> dict[str, Any]:
+    """The stored fields of one image (its label and path are added by the caller)."""
+    if stored_size is None:
+        return {"image": _read_checked(root, relative)}
+    pixels, size = stored_pixels(_read(root, relative), os.path.join(root, relative),
+                                 stored_size)
+    return {"pixels": pixels, "size": np.asarray(size, np.int32)}
+
+
+def _make_builder(
+    layout: Layout,
+    data_dir: str,
+    num_workers: int,
+    stored_size: int | None,
+    progress: Callable[[str], None],
+) -> Any:
     """A ``GeneratorBasedBuilder`` writing ``layout``'s images, one split per domain."""
     import tensorflow_datasets as tfds
 
+    if stored_size is None:
+        image_features = {"image": tfds.features.Image(shape=(None, None, 3))}
+    else:
+        image_features = {
+            "pixels": tfds.features.Tensor(
+                shape=(stored_size, stored_size, 3),
+                dtype=np.uint8,
+                encoding=tfds.features.Encoding.BYTES,  # raw bytes, read without a copy
+            ),
+            "size": tfds.features.Tensor(shape=(2,), dtype=np.int32),  # (width, height)
+        }
+    form = cache_form(stored_size)
+    num_domains = len(layout.environments)
+
     class _DomainBedFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        """Encoded images of a DomainBed-style folder, split ``env<i>`` per domain."""
+        """Images of a DomainBed-style folder, split ``env<i>`` per domain."""
 
         name = "domainbed_folder"
         VERSION = tfds.core.Version(_BUILDER_VERSION)
@@ -58,10 +124,12 @@ def _make_builder(layout: Layout, data_dir: str, num_workers: int) -> Any:
         def _info(self) -> Any:
             return tfds.core.DatasetInfo(
                 builder=self,
-                description=f"Images of {layout.root} (fingerprint {layout.fingerprint}).",
+                description=(
+                    f"Images of {layout.root} ({form}, fingerprint {layout.fingerprint})."
+                ),
                 features=tfds.features.FeaturesDict(
                     {
-                        "image": tfds.features.Image(shape=(None, None, 3)),
+                        **image_features,
                         "label": tfds.features.ClassLabel(names=list(layout.classes)),
                         "path": tfds.features.Text(),
                     }
@@ -71,24 +139,35 @@ def _make_builder(layout: Layout, data_dir: str, num_workers: int) -> Any:
 
         def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
             del dl_manager
-            return {
-                f"env{index}": self._generate_examples(index)
-                for index in range(len(layout.environments))
-            }
+            return {f"env{index}": self._generate_examples(index) for index in range(num_domains)}
 
         def _generate_examples(self, environment: int) -> Iterator[tuple[int, dict[str, Any]]]:
             files = layout.files[environment]
             labels = layout.labels[environment]
+            domain = f"domain {environment + 1}/{num_domains} {layout.environments[environment]!r}"
+            started = time.perf_counter()
             chunk = 256  # Bounded read-ahead: never the whole domain in memory.
             with futures.ThreadPoolExecutor(num_workers) as pool:
                 for start in range(0, len(files), chunk):
                     names = files[start : start + chunk]
-                    contents = pool.map(lambda name: _read_checked(layout.root, name), names)
-                    for offset, (name, data) in enumerate(zip(names, contents, strict=True)):
+                    stored = pool.map(
+                        lambda name: _stored_example(layout.root, name, stored_size), names
+                    )
+                    for offset, (name, fields) in enumerate(zip(names, stored, strict=True)):
                         index = start + offset
-                        yield index, {"image": data, "label": labels[index], "path": name}
+                        yield index, {**fields, "label": labels[index], "path": name}
+                    done = start + len(names)
+                    if done % _PROGRESS_EVERY < chunk and done < len(files):
+                        progress(f"  {domain}: {done:,} of {len(files):,} images")
+            progress(
+                f"  {domain}: {len(files):,} images in {time.perf_counter() - started:.1f} s"
+            )
 
     return _DomainBedFolder(data_dir=data_dir, file_format="array_record")
+
+
+def _print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -114,13 +193,39 @@ def default_cache_root(data_dir: str | None) -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "corgrad_jax", "folder_datasets")
 
 
-def ensure_cache(layout: Layout, name: str, cache_root: str, num_workers: int) -> str:
-    """Builds (once) the ArrayRecord cache of ``layout``; returns the builder's data dir."""
-    # One cache per folder (named after it and its absolute path), rebuilt when its
-    # fingerprint changes.
+def _is_stale(entry_name: str, safe_name: str, form: str) -> bool:
+    """Whether cache folder ``entry_name`` is an older one of ``safe_name`` in ``form``
+    (``<safe_name>-<form>-<fingerprint>``) or of format 1 (``<safe_name>-<fingerprint>``)."""
+    if not entry_name.startswith(f"{safe_name}-"):
+        return False
+    rest = entry_name[len(safe_name) + 1 :]
+    return rest.startswith(f"{form}-") or "-" not in rest
+
+
+def ensure_cache(
+    layout: Layout,
+    name: str,
+    cache_root: str,
+    num_workers: int,
+    stored_size: int | None = None,
+    progress: Callable[[str], None] = _print_progress,
+) -> str:
+    """Builds (once) the ArrayRecord cache of ``layout``; returns the builder's data dir.
+
+    Args:
+        layout: the folder's images (:func:`~experiments.data.folder_layout.scan`).
+        name: the dataset's name (the cache folder's prefix).
+        cache_root: where the cache folders live.
+        num_workers: threads reading (and decoding) images.
+        stored_size: store decoded ``S x S`` uint8 squares; None: the encoded files.
+        progress: where the build's progress lines go (default: standard error).
+    """
+    # One cache per folder (named after it and its absolute path) and form, rebuilt
+    # when the folder's fingerprint changes.
     folder_hash = hashlib.sha256(os.path.abspath(layout.root).encode()).hexdigest()[:8]
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) + "-" + folder_hash
-    cache_dir = os.path.join(cache_root, f"{safe_name}-{layout.fingerprint}")
+    form = cache_form(stored_size)
+    cache_dir = os.path.join(cache_root, f"{safe_name}-{form}-{layout.fingerprint}")
     manifest_path = os.path.join(cache_dir, _MANIFEST)
     version_dir = os.path.join(cache_dir, "domainbed_folder", _BUILDER_VERSION)
     os.makedirs(cache_root, exist_ok=True)
@@ -128,11 +233,16 @@ def ensure_cache(layout: Layout, name: str, cache_root: str, num_workers: int) -
         if not (os.path.exists(manifest_path) and os.path.isdir(version_dir)):
             if os.path.exists(cache_dir):
                 shutil.rmtree(cache_dir)  # An interrupted build.
-            _log.info("building %s from %s into %s", name, layout.root, cache_dir)
-            _make_builder(layout, cache_dir, num_workers).download_and_prepare()
+            total = sum(len(files) for files in layout.files)
+            progress(f"building the {form} cache of {name} ({total:,} images) in {cache_dir}")
+            started = time.perf_counter()
+            builder = _make_builder(layout, cache_dir, num_workers, stored_size, progress)
+            builder.download_and_prepare()
+            progress(f"built the {form} cache of {name} in {time.perf_counter() - started:.1f} s")
             manifest = {
                 "root": layout.root,
                 "fingerprint": layout.fingerprint,
+                "form": form,
                 "environments": list(layout.environments),
                 "classes": list(layout.classes),
                 "sizes": [len(files) for files in layout.files],
@@ -143,7 +253,7 @@ def ensure_cache(layout: Layout, name: str, cache_root: str, num_workers: int) -
             for entry in os.scandir(cache_root):  # Caches of older versions of the folder.
                 if (
                     entry.is_dir()
-                    and entry.name.startswith(f"{safe_name}-")
+                    and _is_stale(entry.name, safe_name, form)
                     and (entry.path != cache_dir)
                 ):
                     _log.info("removing stale cache %s", entry.path)

@@ -24,9 +24,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )  # fmt: skip
 """torchvision's ``IMG_EXTENSIONS`` (compared case-insensitively)."""
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Part of every fingerprint: bump it to invalidate every cache when the stored format
-changes (:mod:`experiments.data.folder_cache`)."""
+changes (:mod:`experiments.data.folder_cache`). 1: encoded files only; 2: a form
+(``encoded`` or ``pixels<S>``) in the cache's name."""
 
 
 def layout_help(root: str) -> str:

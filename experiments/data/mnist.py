@@ -170,6 +170,21 @@ class InMemoryEnvironments:
             chosen = indices[first : first + batch_size]
             yield {"x": self.inputs[env][chosen], "y": self.labels[env][chosen].astype(np.int32)}
 
+    device_transform = None
+    """Nothing is left for the device to do: the stored batches are the model inputs."""
+
+    def stored_train_batch(
+        self, step: int, domains: slice = slice(None), examples: slice = slice(None)
+    ) -> Batch:
+        """:meth:`train_batch` (what the trainer reads)."""
+        return self.train_batch(step, domains, examples)
+
+    def stored_eval_batches(
+        self, env: int, split: Split, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Batch]:
+        """:meth:`eval_batches` (what the trainer reads)."""
+        return self.eval_batches(env, split, batch_size, start, stop)
+
 
 @functools.lru_cache(maxsize=8)
 def _environments(name: str, trial_seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:

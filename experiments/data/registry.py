@@ -23,8 +23,12 @@ from experiments.data.base import EnvironmentSplits
 from experiments.hparams import COUNT, NON_NEGATIVE, POSITIVE, HParam, HParamSpecs
 from experiments.registry import Registry
 
+AUGMENTATIONS = ("device", "host")
+"""Where a dataset read from image files is augmented (:func:`load_dataset`)."""
+
 Loader = Callable[..., EnvironmentSplits]
-"""``load(spec, data_dir, *, test_envs, holdout_fraction, trial_seed, batch_size, seed)``."""
+"""``load(spec, data_dir, *, test_envs, holdout_fraction, trial_seed, batch_size, seed,
+augmentation)``."""
 
 SMALL_IMAGE_HPARAMS: HParamSpecs = {
     "lr": HParam(1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)), POSITIVE),
@@ -84,6 +88,12 @@ class DatasetSpec:
         """Whether it is read from a folder under ``data_dir``."""
         return bool(self.folders)
 
+    @property
+    def reads_image_files(self) -> bool:
+        """Whether it is read from image files (a registered folder dataset or a folder
+        given by path): the datasets that ``augmentation`` applies to."""
+        return bool(self.folders) or self.root is not None
+
     def check_test_envs(self, test_envs: Sequence[int]) -> None:
         """Raises ValueError unless ``test_envs`` are distinct environment indices that
         leave at least 2 training domains (what gradient surgery needs)."""
@@ -115,6 +125,7 @@ register = DATASETS.register
 
 def _load_mnist(spec: DatasetSpec, data_dir: str | None, **options: Any) -> EnvironmentSplits:
     del data_dir
+    options.pop("augmentation", None)  # in memory, not augmented
     return mnist.load_mnist_environments(spec.name, **options)
 
 
@@ -213,6 +224,7 @@ def load_dataset(
     trial_seed: int,
     batch_size: int,
     seed: int,
+    augmentation: str = "device",
 ) -> EnvironmentSplits:
     """Loads ``spec`` split into environments (see :class:`~experiments.data.base.
     EnvironmentSplits`), after checking ``test_envs``.
@@ -225,6 +237,9 @@ def load_dataset(
         trial_seed: seeds the splits (and the embedded datasets' construction).
         batch_size: examples per training environment and step.
         seed: seeds the minibatch order (and the augmentation).
+        augmentation: where a dataset read from image files is augmented: ``"device"``
+            (decoded once into the cache, augmented on the accelerator) or ``"host"``
+            (decoded and augmented with PIL for every example); unused by the others.
 
     Raises:
         ValueError: bad ``test_envs``, a malformed folder, missing readers.
@@ -240,4 +255,5 @@ def load_dataset(
         trial_seed=trial_seed,
         batch_size=batch_size,
         seed=seed,
+        augmentation=augmentation,
     )

@@ -50,3 +50,18 @@ def batch_indices(
         chosen = epochs == epoch
         indices[chosen] = _epoch_permutation(num_examples, seed, env, int(epoch))[offsets[chosen]]
     return indices
+
+
+def position_index(num_examples: int, position: int, *, seed: int, env: int) -> int:
+    """The index at ``position`` of the endless stream of epochs :func:`batch_indices`
+    walks: ``batch_indices(n, B, t)[i] == position_index(n, t * B + i)``.
+
+    Example:
+      >>> stream = [position_index(5, p, seed=0, env=1) for p in range(10)]
+      >>> sorted(stream[:5]) == sorted(stream[5:]) == [0, 1, 2, 3, 4]
+      True
+    """
+    if num_examples < 1:
+        raise ValueError(f"environment {env} has no training examples to sample from")
+    epoch, offset = divmod(position, num_examples)
+    return int(_epoch_permutation(num_examples, seed, env, epoch)[offset])

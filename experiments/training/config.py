@@ -26,9 +26,15 @@ DTYPES = ("float32", "bfloat16")
 LOCATION_FIELDS = ("output_dir", "data_dir", "layout")
 """Fields that do not change the results, so not in ``args.json``: where the files and
 the arrays live."""
-LATER_FIELDS = {"model": None, "dtype": "float32"}
-"""Fields added after runs were first written, with their defaults: recorded in
-``args.json`` only when set, so that the run directories of earlier versions resume."""
+LATER_FIELDS = {"model": None, "dtype": "float32", "augmentation": "host"}
+"""Fields added after runs were first written, with the value those runs had: recorded
+in ``args.json`` only when it differs, so that the run directories of earlier versions
+resume. (``augmentation``'s default is ``"device"``: a run of an image folder written
+before it existed resumes with ``--augmentation host``, and one started without it is
+told so by the arguments' difference.)"""
+NOT_RECORDED_WITHOUT_IMAGE_FILES = ("augmentation",)
+"""Fields that change nothing for a dataset not read from image files (MNIST), left out
+of its ``args.json``."""
 
 
 def _field(default: Any, help_text: str, **metadata: Any) -> Any:
@@ -66,6 +72,11 @@ class TrainConfig:
         dtype: the compute dtype of the convolutions and dense layers (:data:`DTYPES`);
             parameters, optimizer state, BatchNorm statistics, per-domain gradients and
             the loss stay float32 (README, "Mixed precision").
+        augmentation: for a dataset read from image files, where training images are
+            augmented: ``device`` (decoded once into the cache as uint8 squares,
+            cropped, jittered and normalised by jitted JAX on the accelerator;
+            :mod:`experiments.data.device_images`) or ``host`` (decoded and augmented
+            with PIL on the host for every example, as before this field existed).
         layout: the devices and hosts the run uses (the device flags).
     """
 
@@ -87,6 +98,8 @@ class TrainConfig:
     model: str | None = _field(None, "a registered model (default: the dataset's)")
     dtype: str = _field("float32", "compute dtype of convolutions and dense layers: "
                         + ", ".join(DTYPES))
+    augmentation: str = _field(
+        "device", "device or host: where image folders are augmented (JAX or PIL)")
     layout: parallel.DeviceLayout = _field(
         parallel.DeviceLayout(), "devices (do not change the results)")
 
@@ -158,6 +171,11 @@ class TrainConfig:
                 raise ConfigError(f"dataset {spec.name} is read from disk: pass --data_dir")
             if not Path(self.data_dir).is_dir():
                 raise ConfigError(f"data_dir {self.data_dir} does not exist or is not a directory")
+        if self.augmentation not in data.AUGMENTATIONS:
+            raise ConfigError(
+                f"unknown augmentation {self.augmentation!r}; expected one of "
+                f"{', '.join(data.AUGMENTATIONS)}"
+            )
         if self.gradient_method not in GRADIENT_METHODS:
             raise ConfigError(
                 f"unknown gradient method {self.gradient_method!r}; expected one of "
@@ -195,12 +213,17 @@ class TrainConfig:
 
     def run_args(self) -> dict[str, Any]:
         """The arguments that define the run's results: all but where files and arrays
-        live (:data:`LOCATION_FIELDS`), and the :data:`LATER_FIELDS` left unset."""
+        live (:data:`LOCATION_FIELDS`), the :data:`LATER_FIELDS` left at the value of
+        earlier runs, and those of :data:`NOT_RECORDED_WITHOUT_IMAGE_FILES` for a
+        dataset not read from image files."""
         args = dataclasses.asdict(self)
         for name in LOCATION_FIELDS:
             args.pop(name)
         for name, default in LATER_FIELDS.items():
             if args[name] == default:
                 args.pop(name)
+        if not self.dataset_spec().reads_image_files:
+            for name in NOT_RECORDED_WITHOUT_IMAGE_FILES:
+                args.pop(name, None)
         args["test_envs"] = list(self.test_envs)
         return args

@@ -47,6 +47,10 @@ def evaluate(
         place = plan.global_eval_batch
         processes, process = jax.process_count(), jax.process_index()
     local_size = batch_size // processes
+    transform = dataset.device_transform  # None: the host reads model inputs
+    stored_shape, stored_dtype = dataset.input_shape, np.float32
+    if transform is not None:
+        stored_shape, stored_dtype = transform.stored_shape, np.uint8
     totals: dict[str, int] = {}
 
     def correct_counts() -> Iterator[tuple[str, jax.Array]]:
@@ -60,19 +64,22 @@ def evaluate(
                 totals[key] = total
                 share = -(-total // processes)
                 start, stop = min(total, process * share), min(total, (process + 1) * share)
-                batches = dataset.eval_batches(env, split, local_size, start, stop)
+                batches = dataset.stored_eval_batches(env, split, local_size, start, stop)
                 for _ in range(-(-share // local_size)):
                     batch = next(batches, None)  # None: this process's share is exhausted
                     size = 0 if batch is None else min(len(batch["y"]), stop - start)
                     padded = {
-                        "x": np.zeros((local_size, *dataset.input_shape), np.float32),
+                        "x": np.zeros((local_size, *stored_shape), stored_dtype),
                         "y": np.zeros(local_size, np.int32),
                         "mask": np.arange(local_size) < size,
                     }
                     if size:
                         padded["x"][:size] = batch["x"][:size]
                         padded["y"][:size] = batch["y"][:size]
-                    yield key, jitted_eval_step(state, place(padded))
+                    inputs = place(padded)
+                    if transform is not None:  # resized and normalised on the device
+                        inputs = transform.eval(inputs)
+                    yield key, jitted_eval_step(state, inputs)
                     start += size
 
     corrects: dict[str, int] = collections.defaultdict(int)

@@ -191,6 +191,7 @@ def run(
             trial_seed=config.trial_seed,
             batch_size=int(hparams["batch_size"]),
             seed=config.seed,
+            augmentation=config.augmentation,
         )
     except (ValueError, FileNotFoundError) as error:  # a bad folder, no dataset folder
         raise ConfigError(str(error)) from None
@@ -249,9 +250,11 @@ def run(
             hooks.after_step(*step_and_metrics)
 
     for step in range(start, config.steps):
-        batch = plan.global_batch(
-            functools.partial(dataset.train_batch, step), num_domains, batch_size
+        batch = plan.global_batch(  # uint8 images where the device augments them
+            functools.partial(dataset.stored_train_batch, step), num_domains, batch_size
         )
+        if dataset.device_transform is not None:
+            batch = dataset.device_transform.train(batch, step)
         state, metrics, probe_state = jitted_train_step(
             state,
             batch,

@@ -59,6 +59,7 @@ def _fails(main, argv: list[str], capsys: pytest.CaptureFixture[str], message: s
         (["--holdout_fraction", "1.5"], "holdout_fraction must lie in (0, 1)"),
         (["--gradient_method", "jvp"], "unknown gradient method 'jvp'"),
         (["--dtype", "float16"], "unknown dtype 'float16'; expected one of float32, bfloat16"),
+        (["--augmentation", "gpu"], "unknown augmentation 'gpu'; expected one of device, host"),
         (["--param_sharding", "zero"], "unknown param_sharding 'zero'"),
         (["--distributed", "maybe"], "unknown distributed mode 'maybe'"),
         (["--distributed", "on"], "--distributed on: jax.distributed.initialize() failed"),

@@ -9,6 +9,8 @@ import pytest
 
 MODULES = ["experiments.cli", "experiments.hparams", "experiments.registry",
            "experiments.hparams_registry", "experiments.data", "experiments.data.splits",
+           "experiments.data.sampling", "experiments.data.device_images",
+           "experiments.data.device_colour",
            "experiments.models", "experiments.seeding", "experiments.sweep",
            "experiments.training.parallel", "experiments.training.processes"]
 
