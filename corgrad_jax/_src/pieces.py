@@ -12,7 +12,10 @@ so the algorithm only ever reads the data twice:
    :math:`G^k_{ab} = \\langle g_a^k, g_b^k \\rangle` in one pass;
 2. :func:`combine_pieces` writes :math:`\\sum_m w_{k,m} g_m^k` in one pass.
 
-Everything in between runs on tiny coefficient arrays (see ``_src/corgrad.py``).
+Everything in between runs on tiny coefficient arrays: a *rule* maps the Gram matrices
+to coefficients (``_src/engine.py``; CorGrad's in ``_src/corgrad.py``).
+:class:`PieceLayout` bundles how every leaf of a pytree is cut and runs both passes over
+all of them.
 
 Both passes are written for XLA's CPU backend, where they were measured: the Gram pass
 is one variadic reduction that fuses all D(D+1)/2 products (six separate reductions
@@ -215,6 +218,74 @@ def combine_pieces(flat: jax.Array, weights: jax.Array, pieces: LeafPieces) -> j
                               [loose_weights[:, m] for m in range(num_domains)])
         out = out.at[plan.irregular].set(loose, indices_are_sorted=True, unique_indices=True)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceLayout:
+    """How every leaf of a pytree is cut, and the two passes over all of them.
+
+    Small leaves (at most :data:`SMALL_LEAF` elements: biases, BatchNorm scales) are
+    processed as one concatenated group, large ones one by one; the group's pieces come
+    first in the ``(num_pieces, D, D)`` Gram and ``(num_pieces, D)`` weight arrays.
+    """
+
+    pieces: tuple[LeafPieces, ...]
+
+    @classmethod
+    def of(cls, shapes: Sequence[Sequence[int]], *, granularity: str, num_slices: int,
+           variant: str) -> PieceLayout:
+        """The layout of leaves with parameter shapes ``shapes`` (without the domain axis)."""
+        return cls(tuple(leaf_pieces(shape, granularity=granularity, num_slices=num_slices,
+                                     variant=variant) for shape in shapes))
+
+    @property
+    def small(self) -> list[int]:
+        return [k for k, p in enumerate(self.pieces) if p.size <= SMALL_LEAF]
+
+    @property
+    def large(self) -> list[int]:
+        return [k for k, p in enumerate(self.pieces) if p.size > SMALL_LEAF]
+
+    @property
+    def num_pieces(self) -> int:
+        return sum(p.num_pieces for p in self.pieces)
+
+    @property
+    def layer_of_piece(self) -> np.ndarray:
+        """``(num_pieces,)``: the leaf (layer) index of every piece, in array order."""
+        order = self.small + self.large
+        return np.repeat(np.array(order, np.int32),
+                         [self.pieces[k].num_pieces for k in order]).astype(np.int32)
+
+    def gram(self, flats: Sequence[jax.Array]) -> jax.Array:
+        """First pass: ``(num_pieces, D, D)`` Gram matrices of every piece of every leaf.
+
+        Args:
+          flats: ``(D, P_leaf)`` flattened per-domain gradients of every leaf.
+        """
+        small, large = self.small, self.large
+        grams = [piece_gram(flats[k], self.pieces[k]) for k in large]
+        if small:
+            grams.insert(0, group_gram([flats[k] for k in small],
+                                       [self.pieces[k] for k in small]))
+        return jnp.concatenate(grams) if len(grams) > 1 else grams[0]
+
+    def combine(self, flats: Sequence[jax.Array], weights: jax.Array) -> list[jax.Array]:
+        """Second pass: ``out^k = sum_m weights[k, m] g_m^k`` for every leaf, ``(P_leaf,)``
+        each, from ``(num_pieces, D)`` weights in the order of :meth:`gram`."""
+        small, large = self.small, self.large
+        outputs: list[jax.Array] = [None] * len(self.pieces)  # type: ignore[list-item]
+        start = sum(self.pieces[k].num_pieces for k in small)
+        if small:
+            combined = group_combine([flats[k] for k in small], weights[:start],
+                                     [self.pieces[k] for k in small])
+            for k, out in zip(small, combined, strict=True):
+                outputs[k] = out
+        for k in large:
+            stop = start + self.pieces[k].num_pieces
+            outputs[k] = combine_pieces(flats[k], weights[start:stop], self.pieces[k])
+            start = stop
+        return outputs
 
 
 def _piece_ids(pieces: list[LeafPieces]) -> tuple[np.ndarray, int]:
