@@ -9,11 +9,18 @@ from corgrad_jax._src.agreement import agreement_rand as agreement_rand
 from corgrad_jax._src.agreement import agreement_sum as agreement_sum
 from corgrad_jax._src.agreement import and_mask as and_mask
 from corgrad_jax._src.agreement import mean_gradients as mean_gradients
+from corgrad_jax._src.balancing import aligned_mtl as aligned_mtl
+from corgrad_jax._src.balancing import con_fig as con_fig
+from corgrad_jax._src.balancing import imtl_g as imtl_g
 from corgrad_jax._src.base import Diagnostics as Diagnostics
 from corgrad_jax._src.base import StackedGradientState as StackedGradientState
 from corgrad_jax._src.corgrad import corgrad as corgrad
 from corgrad_jax._src.corgrad import log_decay_schedule as log_decay_schedule
 from corgrad_jax._src.corgrad import pcgrad as pcgrad
+from corgrad_jax._src.dual_cone import dual_proj as dual_proj
+from corgrad_jax._src.dual_cone import upgrad as upgrad
+from corgrad_jax._src.min_norm import cagrad as cagrad
+from corgrad_jax._src.min_norm import mgda as mgda
 from corgrad_jax._src.per_domain import per_domain_gradients as per_domain_gradients
 from corgrad_jax._src.pieces import GRANULARITIES as GRANULARITIES
 from corgrad_jax._src.pieces import VARIANTS as VARIANTS
@@ -29,12 +36,19 @@ __all__ = [
     "StackedGradientState",
     "agreement_rand",
     "agreement_sum",
+    "aligned_mtl",
     "and_mask",
+    "cagrad",
+    "con_fig",
     "contiguous_split",
     "corgrad",
+    "dual_proj",
+    "imtl_g",
     "log_decay_schedule",
     "mean_gradients",
+    "mgda",
     "partitioned",
     "pcgrad",
     "per_domain_gradients",
+    "upgrad",
 ]

@@ -38,6 +38,7 @@ from corgrad_jax._src.engine import (
     check_gram_options,
     gram_transformation,
 )
+from corgrad_jax._src.pieces import element_sums
 
 Coefficients = jax.Array
 """``coeffs[k, i, m]``: weight of domain m's original piece k in domain i's current piece.
@@ -222,7 +223,8 @@ def smooth_dominant(
     return smoothed, num_dominant
 
 
-def element_projection(flat: jax.Array, *, sequential: bool) -> tuple[list[jax.Array], jax.Array]:
+def element_projection(values: list[jax.Array], *, sequential: bool
+                       ) -> tuple[list[jax.Array], jax.Array]:
     """Projection of conflicting pieces at element granularity, in closed form.
 
     A one-element piece conflicts with another domain's when their signs differ, and the
@@ -234,19 +236,18 @@ def element_projection(flat: jax.Array, *, sequential: bool) -> tuple[list[jax.A
     ones of j > i. Each emptied piece counts one conflict, of ratio 1.
 
     Args:
-      flat: ``(D, P)`` per-domain values.
+      values: the D per-domain arrays (any common shape).
       sequential: the official code's Gauss-Seidel order.
 
     Returns:
-      The D projected ``(P,)`` arrays and the number of conflicts (int32).
+      The D projected arrays and the number of emptied domains per element (int32).
     """
-    num_domains = flat.shape[0]
-    values = [flat[i] for i in range(num_domains)]
+    num_domains = len(values)
     projected: list[jax.Array] = []
-    conflicts = jnp.zeros((), jnp.int32)
+    emptied = jnp.zeros(values[0].shape, jnp.int32)
     if not sequential:
-        positive = base.domain_sum(jnp.stack([v > 0 for v in values]).astype(jnp.int8))
-        negative = base.domain_sum(jnp.stack([v < 0 for v in values]).astype(jnp.int8))
+        positive = sum((v > 0).astype(jnp.int32) for v in values)
+        negative = sum((v < 0).astype(jnp.int32) for v in values)
     for i, value in enumerate(values):
         if sequential:
             references = [projected[j] if j < i else values[j]
@@ -257,8 +258,8 @@ def element_projection(flat: jax.Array, *, sequential: bool) -> tuple[list[jax.A
         else:
             conflict = ((value > 0) & (negative > 0)) | ((value < 0) & (positive > 0))
         projected.append(jnp.where(conflict, jnp.zeros_like(value), value))
-        conflicts = conflicts + conflict.sum(dtype=jnp.int32)
-    return projected, conflicts
+        emptied = emptied + conflict.astype(jnp.int32)
+    return projected, emptied
 
 
 def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule:
@@ -292,32 +293,35 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
     def element(flats: list[jax.Array], inputs: RuleInputs
                 ) -> tuple[list[jax.Array], base.Diagnostics, Any]:
         num_domains = flats[0].shape[0]
-        projected, counts = [], []
-        for flat in flats:
-            leaf_projected, leaf_conflicts = element_projection(flat, sequential=official)
-            projected.append(leaf_projected)
-            counts.append(leaf_conflicts)
-        conflicts = sum(counts[1:], counts[0]).astype(jnp.float32)
-        size = sum(flat.shape[1] for flat in flats)
-        num_dominant = jnp.zeros((), jnp.float32)
+
+        def first_pass(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
+            del others
+            projected, emptied = element_projection(values, sequential=official)
+            return [emptied, *(p * p for p in projected), *(v * v for v in values)]
+
+        # The first pass counts the conflicts and gives the layer norms; the second
+        # recomputes the projection and writes the (smoothed) sum, cheaper than
+        # storing D projected copies.
+        sums = [element_sums(flat, first_pass) for flat in flats]
+        conflicts = sum(s[0] for s in sums).astype(jnp.float32)
         weights = jnp.ones((len(flats), num_domains), flats[0].dtype)
+        num_dominant = jnp.zeros((), jnp.float32)
         if alpha is not None:
-            # A first pass for the layer norms; the combine recomputes the projection,
-            # which is cheaper than storing D projected copies.
-            norms = jnp.stack([jnp.sqrt(jnp.stack([jnp.sum(v * v) for v in p]))
-                               for p in projected])
-            originals = jnp.stack([jnp.sqrt(jnp.sum(flat * flat, axis=1)) for flat in flats])
+            norms = jnp.sqrt(jnp.stack([jnp.stack(s[1:1 + num_domains]) for s in sums]))
+            originals = jnp.sqrt(jnp.stack([jnp.stack(s[1 + num_domains:]) for s in sums]))
             mixing, num_dominant = dominant_mixing(
                 norms, originals.mean(-1, keepdims=True), smoothing_weight(inputs.count),
                 two_sided=official)
             weights = mixing.sum(1)  # (layers, D): sum_i M[i, m]
         outputs = []
-        for k, p in enumerate(projected):
-            out = p[0] if alpha is None else weights[k, 0] * p[0]
+        for k, flat in enumerate(flats):
+            projected, _ = element_projection([flat[i] for i in range(num_domains)],
+                                              sequential=official)
+            out = projected[0] if alpha is None else weights[k, 0] * projected[0]
             for m in range(1, num_domains):
-                out = out + (p[m] if alpha is None else weights[k, m] * p[m])
+                out = out + (projected[m] if alpha is None else weights[k, m] * projected[m])
             outputs.append(out)
-        tests = num_domains * (num_domains - 1) * size
+        tests = num_domains * (num_domains - 1) * sum(flat.shape[1] for flat in flats)
         diagnostics = base.Diagnostics(
             modification_frequency=conflicts / max(tests, 1),
             modification_ratio=jnp.where(conflicts > 0, 1.0, 0.0).astype(jnp.float32),

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.pieces import GRANULARITIES, VARIANTS, PieceLayout
+from corgrad_jax._src.pieces import GRANULARITIES, VARIANTS, PieceLayout, element_sums
 
 REDUCTIONS = ("sum", "mean")
 
@@ -261,24 +261,34 @@ def gram_transformation(
         init_rule_state=None if rule.init_state is None else init_rule_state)
 
 
-def element_diagnostics(flats: Sequence[jax.Array], outputs: Sequence[jax.Array],
+def element_diagnostics(flats: Sequence[jax.Array],
+                        closed_form: Callable[[list[jax.Array]], jax.Array],
                         plain: float) -> base.Diagnostics:
     """:func:`weighting_diagnostics` at element granularity, from the values: the share
     of ordered domain pairs of opposite signs over all elements, and
-    :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or mean."""
+    :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or mean; one pass
+    (:func:`~corgrad_jax._src.pieces.element_sums`) per leaf. It recomputes
+    ``closed_form`` instead of reading the update: sharing the update's intermediates
+    made XLA:CPU write them out, which cost more than the recomputation."""
     num_domains = flats[0].shape[0]
+
+    def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
+        del others
+        positive = sum((v > 0).astype(jnp.int32) for v in values)
+        negative = sum((v < 0).astype(jnp.int32) for v in values)
+        total = values[0]
+        for v in values[1:]:
+            total = total + v
+        total = plain * total
+        return [2 * positive * negative, jnp.square(closed_form(values) - total),
+                jnp.square(total)]
+
     pairs = jnp.zeros((), jnp.int32)
     change2 = jnp.zeros((), flats[0].dtype)
     plain2 = jnp.zeros((), flats[0].dtype)
-    for flat, out in zip(flats, outputs, strict=True):
-        if flat.shape[1] == 0:
-            continue
-        positive = base.domain_sum((flat > 0).astype(jnp.int32))
-        negative = base.domain_sum((flat < 0).astype(jnp.int32))
-        pairs = pairs + jnp.sum(2 * positive * negative, dtype=jnp.int32)
-        total = plain * base.domain_sum(flat)
-        change2 = change2 + jnp.sum(jnp.square(out - total))
-        plain2 = plain2 + jnp.sum(jnp.square(total))
+    for flat in flats:
+        leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms)
+        pairs, change2, plain2 = pairs + leaf_pairs, change2 + leaf_change2, plain2 + leaf_plain2
     size = sum(flat.shape[1] for flat in flats)
     frequency = pairs.astype(jnp.float32) / max(size * num_domains * (num_domains - 1), 1)
     ratio = jnp.where(plain2 > 0, jnp.sqrt(change2 / jnp.where(plain2 > 0, plain2, 1)), 0)
@@ -295,6 +305,6 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
         num_domains = flats[0].shape[0]
         outputs = [closed_form([flat[i] for i in range(num_domains)]) for flat in flats]
         plain = 1.0 if native_reduction == "sum" else 1.0 / num_domains
-        return outputs, element_diagnostics(flats, outputs, plain), inputs.state
+        return outputs, element_diagnostics(flats, closed_form, plain), inputs.state
 
     return element

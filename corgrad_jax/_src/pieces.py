@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -342,3 +342,40 @@ def _weighted_sum(flat: jax.Array, weights: list[jax.Array]) -> jax.Array:
     for m in range(1, flat.shape[0]):
         out = out + weights[m] * flat[m]
     return out
+
+
+def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
+                 others: Sequence[jax.Array] = ()) -> list[jax.Array]:
+    """Sums over the elements of a leaf of elementwise functions of its D values, in one
+    pass: ``[sum_p t(g_1[p], ..., g_D[p]) for t in terms]``.
+
+    Written like :func:`piece_gram`: one variadic reduction over blocks of ``_BLOCK``
+    elements of the ``(D, P)`` data (XLA:CPU fuses the row slices and the terms into it;
+    a plain ``jnp.sum`` of a function of several rows first copied each row), then a
+    sum over the blocks, and the short remainder apart.
+
+    Args:
+      flat: ``(D, P)`` per-domain values.
+      terms: ``terms(values, others)`` maps the D arrays of values and the matching
+        parts of ``others`` (any common shape) to the arrays to sum (any dtypes).
+      others: ``(P,)`` arrays read alongside, e.g. an update already written.
+
+    Returns:
+      One scalar per term.
+    """
+    num_domains, size = flat.shape
+    full = size // _BLOCK
+    totals: list[jax.Array] | None = None
+    if full:
+        body = flat[:, :full * _BLOCK].reshape(num_domains, full, _BLOCK)
+        values = terms([body[i] for i in range(num_domains)],
+                       [o[:full * _BLOCK].reshape(full, _BLOCK) for o in others])
+        sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
+                          lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)], (1,))
+        totals = [s.sum() for s in sums]
+    if size > full * _BLOCK or totals is None:
+        tail = flat[:, full * _BLOCK:]
+        rest = [v.sum() for v in terms([tail[i] for i in range(num_domains)],
+                                       [o[full * _BLOCK:] for o in others])]
+        totals = rest if totals is None else [a + b for a, b in zip(totals, rest, strict=True)]
+    return totals
