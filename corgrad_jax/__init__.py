@@ -19,8 +19,10 @@ from corgrad_jax._src.corgrad import log_decay_schedule as log_decay_schedule
 from corgrad_jax._src.corgrad import pcgrad as pcgrad
 from corgrad_jax._src.dual_cone import dual_proj as dual_proj
 from corgrad_jax._src.dual_cone import upgrad as upgrad
+from corgrad_jax._src.grad_vac import grad_vac as grad_vac
 from corgrad_jax._src.min_norm import cagrad as cagrad
 from corgrad_jax._src.min_norm import mgda as mgda
+from corgrad_jax._src.nash_mtl import nash_mtl as nash_mtl
 from corgrad_jax._src.per_domain import per_domain_gradients as per_domain_gradients
 from corgrad_jax._src.pieces import GRANULARITIES as GRANULARITIES
 from corgrad_jax._src.pieces import VARIANTS as VARIANTS
@@ -43,10 +45,12 @@ __all__ = [
     "contiguous_split",
     "corgrad",
     "dual_proj",
+    "grad_vac",
     "imtl_g",
     "log_decay_schedule",
     "mean_gradients",
     "mgda",
+    "nash_mtl",
     "partitioned",
     "pcgrad",
     "per_domain_gradients",
