@@ -8,7 +8,9 @@ first in a chain: ``optax.chain(corgrad(), optax.adam(1e-3))``.
 from corgrad_jax._src.agreement import agreement_rand as agreement_rand
 from corgrad_jax._src.agreement import agreement_sum as agreement_sum
 from corgrad_jax._src.agreement import and_mask as and_mask
+from corgrad_jax._src.agreement import grad_drop as grad_drop
 from corgrad_jax._src.agreement import mean_gradients as mean_gradients
+from corgrad_jax._src.agreement import sand_mask as sand_mask
 from corgrad_jax._src.balancing import aligned_mtl as aligned_mtl
 from corgrad_jax._src.balancing import con_fig as con_fig
 from corgrad_jax._src.balancing import imtl_g as imtl_g
@@ -45,6 +47,7 @@ __all__ = [
     "contiguous_split",
     "corgrad",
     "dual_proj",
+    "grad_drop",
     "grad_vac",
     "imtl_g",
     "log_decay_schedule",
@@ -54,5 +57,6 @@ __all__ = [
     "partitioned",
     "pcgrad",
     "per_domain_gradients",
+    "sand_mask",
     "upgrad",
 ]
