@@ -1,8 +1,11 @@
-"""corgrad_jax: CorGrad and the gradient-surgery family as Optax transformations.
+"""corgrad_jax: CorGrad and the gradient-aggregation family as Optax transformations.
 
 Every transformation here takes per-domain gradients stacked on a leading axis (every
 leaf shaped ``(D, *param_shape)``) and returns one param-shaped update, so it goes
-first in a chain: ``optax.chain(corgrad(), optax.adam(1e-3))``.
+first in a chain: ``optax.chain(corgrad(), optax.adam(1e-3))``. The rules that act on
+Gram matrices (corgrad, upgrad, dual_proj, mgda, cagrad, imtl_g, aligned_mtl, con_fig,
+grad_vac, nash_mtl) share one engine and take ``granularity=`` ("model", "layer",
+"slice", "element") and ``num_slices=``; :data:`RULES` describes every rule.
 """
 
 from corgrad_jax._src.agreement import agreement_rand as agreement_rand
@@ -28,6 +31,8 @@ from corgrad_jax._src.nash_mtl import nash_mtl as nash_mtl
 from corgrad_jax._src.per_domain import per_domain_gradients as per_domain_gradients
 from corgrad_jax._src.pieces import GRANULARITIES as GRANULARITIES
 from corgrad_jax._src.pieces import VARIANTS as VARIANTS
+from corgrad_jax._src.rules import RULES as RULES
+from corgrad_jax._src.rules import RuleInfo as RuleInfo
 from corgrad_jax._src.sharding import contiguous_split as contiguous_split
 from corgrad_jax._src.sharding import partitioned as partitioned
 
@@ -35,8 +40,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GRANULARITIES",
+    "RULES",
     "VARIANTS",
     "Diagnostics",
+    "RuleInfo",
     "StackedGradientState",
     "agreement_rand",
     "agreement_sum",

@@ -304,7 +304,7 @@ def sand_mask(tau: float = 0.5, k: float = 10.0) -> optax.GradientTransformation
       >>> tx = sand_mask(tau=0.5)
       >>> g = {"w": jnp.array([[1., -1.], [3., 1.]])}
       >>> [round(float(x), 3) for x in tx.update(g, tx.init(None))[0]["w"]]
-      [3.999, 0.0]
+      [4.0, 0.0]
 
     References:
       Shahtalebi, Gagnon-Audet, Laleh, Faramarzi, Ahuja, Rish. SAND-mask: An Enhanced
