@@ -56,10 +56,11 @@ def stacked_resnet(flat: list[np.ndarray], shapes: list[tuple[int, ...]]) -> dic
     return grads
 
 
-def compiled_update(tx: optax.GradientTransformation, grads: dict
+def compiled_update(tx: optax.GradientTransformation, grads: dict, params: dict | None = None
                     ) -> tuple[Callable[[], object], float]:
-    """A callable running one jitted update, and its first call's time (the compile)."""
-    state = tx.init(None)
+    """A callable running one jitted update, and its first call's time (the compile).
+    ``params`` (arrays of the parameters' shapes) size the state of stateful rules."""
+    state = tx.init(params)
     update = jax.jit(tx.update)
     start = time.perf_counter()
     jax.block_until_ready(update(grads, state))

@@ -29,12 +29,15 @@ def main() -> None:
     parser.add_argument("--official-repo", required=True)
     parser.add_argument("--domains", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads; on a shared machine OpenMP's spin-waiting "
+                             "threads can run 30-100x slower, so use 1 there")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location(
         "official_gradient", os.path.join(args.official_repo, "domainbed", "gradient.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     shapes = resnet18_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
     print(f"official correct_grad, torch {torch.__version__}, {torch.get_num_threads()} threads")

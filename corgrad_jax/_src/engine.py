@@ -30,6 +30,8 @@ Scale: every rule has a *native* reduction, the scale of its reference implement
 (``"sum"``: weights near 1 per domain, as PCGrad's sum of projections; ``"mean"``: weights
 summing to about 1, as UPGrad's mean of projections). With ``reduction`` equal to it the
 output is the reference's; otherwise it is multiplied by D (mean to sum) or 1/D.
+
+``docs/aggregators.md`` specifies every rule, its scale and its closed form.
 """
 
 from __future__ import annotations
