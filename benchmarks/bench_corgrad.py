@@ -1,13 +1,17 @@
 """Speed of one corgrad update on ResNet18's parameters, against the memory floor.
 
-Setup: torchvision ResNet18's 62 parameter tensors (11.7M parameters... 11,689,512 with
-the 1000-class head), D stacked float32 domain gradients, ``num_slices=10``, on the CPU.
-Every figure is the median of ``--repeats`` runs after warm-up, and every ratio divides
-two times measured in this one run (machines are shared and noisy: compare ratios).
+Setup: torchvision ResNet18's 62 parameter tensors (11,689,512 parameters with the
+1000-class head), D stacked float32 domain gradients, ``num_slices=10``, on the CPU.
+Every figure is the median of ``--repeats`` interleaved rounds after warm-up (each round
+times every method once, so the load of a shared machine weighs on all alike), and every
+ratio divides two times measured in this one run.
 
-* floor: NumPy reading D x P floats and writing P (``a0 + a1 + ...`` over the flat
-  model): what any aggregation must at least pay;
-* ERM mean: a jitted ``mean_gradients`` update on the same pytree;
+* floor: NumPy reading the D x P floats once and writing P into a preallocated, touched
+  output (``np.add(..., out=)`` chains over cache-sized blocks; ``common.memory_floor``):
+  what any aggregation must at least pay;
+* ERM mean: a jitted ``mean_gradients`` update of the same pytree, the second reference;
+* two-pass limit: a Gram pass and a combine pass read the D x P floats twice and write P
+  once, ``(2D + 1) / (D + 1)`` floors (1.75x at D=3, 1.83x at D=5);
 * compile: the first call of the jitted update (tracing + XLA compile).
 
 Run: ``python benchmarks/bench_corgrad.py [--domains 3 5] [--repeats 15]``
@@ -19,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,18 +33,79 @@ import optax
 import corgrad_jax as cg
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time, memory_floor, resnet18_shapes  # noqa: E402
+from common import (  # noqa: E402
+    floor_warnings,
+    interleaved_medians,
+    memory_floor,
+    resnet18_shapes,
+    two_pass_limit,
+)
+
+ERM = "ERM mean (jitted mean_gradients)"
+FLOOR = "floor (NumPy, D reads + 1 write)"
 
 
-def time_update(tx: optax.GradientTransformation, grads: dict, repeats: int
-                ) -> tuple[float, float]:
-    state = tx.init(None)
+def stacked_resnet(flat: list[np.ndarray], shapes: list[tuple[int, ...]]) -> dict:
+    """The flat per-domain vectors cut into ResNet18's leaves, ``(D, *shape)`` each."""
+    grads, offset = {}, 0
+    for k, shape in enumerate(shapes):
+        size = int(np.prod(shape))
+        grads[f"p{k:02d}"] = jnp.asarray(
+            np.stack([f[offset:offset + size] for f in flat]).reshape(len(flat), *shape))
+        offset += size
+    return grads
+
+
+def compiled_update(tx: optax.GradientTransformation, grads: dict, params: dict | None = None
+                    ) -> tuple[Callable[[], object], float]:
+    """A callable running one jitted update, and its first call's time (the compile).
+    ``params`` (arrays of the parameters' shapes) size the state of stateful rules."""
+    state = tx.init(params)
     update = jax.jit(tx.update)
     start = time.perf_counter()
     jax.block_until_ready(update(grads, state))
     compile_time = time.perf_counter() - start
-    jax.block_until_ready(update(grads, state))
-    return median_time(lambda: jax.block_until_ready(update(grads, state)), repeats), compile_time
+    run = lambda: jax.block_until_ready(update(grads, state))
+    run()
+    return run, compile_time
+
+
+def measure(methods: dict[str, Callable[[], optax.GradientTransformation]],
+            num_domains: int, repeats: int) -> list[tuple[str, float, float, float, float]]:
+    """Rows ``(name, seconds, x floor, x ERM mean, compile seconds)`` for one D; the
+    floor and ERM rows come last."""
+    shapes = resnet18_shapes()
+    total = sum(int(np.prod(s)) for s in shapes)
+    flat, floor = memory_floor(num_domains, total)
+    grads = stacked_resnet(flat, shapes)
+    runs, compile_times = {}, {}
+    for name, factory in {**methods, ERM: cg.mean_gradients}.items():
+        runs[name], compile_times[name] = compiled_update(factory(), grads)
+    runs[FLOOR] = floor
+    medians = interleaved_medians(runs, repeats)
+    rows = []
+    for name in [*methods, ERM, FLOOR]:
+        seconds = medians[name]
+        rows.append((name, seconds, seconds / medians[FLOOR], seconds / medians[ERM],
+                     compile_times.get(name, 0.0)))
+    return rows
+
+
+def print_table(rows_by_domains: dict[int, list[tuple[str, float, float, float, float]]]
+                ) -> None:
+    print("| D | method | time (ms) | x floor | x ERM mean | compile (s) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for num_domains, rows in rows_by_domains.items():
+        for name, seconds, ratio, erm_ratio, compile_time in rows:
+            compile_cell = f"{compile_time:.1f}" if compile_time else "-"
+            print(f"| {num_domains} | {name} | {seconds * 1e3:.1f} | {ratio:.2f} | "
+                  f"{erm_ratio:.2f} | {compile_cell} |")
+    print()
+    for num_domains, rows in rows_by_domains.items():
+        print(f"D={num_domains}: two-pass limit (2D+1)/(D+1) = "
+              f"{two_pass_limit(num_domains):.2f}x the floor")
+        for line in floor_warnings({name: ratio for name, _, ratio, _, _ in rows}):
+            print(f"D={num_domains}: {line}")
 
 
 def main() -> None:
@@ -56,26 +122,8 @@ def main() -> None:
         "corgrad (slice, official)": lambda: cg.corgrad(10, 0.6, variant="official"),
         "corgrad (layer)": lambda: cg.corgrad(10, None, granularity="layer"),
         "pcgrad (model)": lambda: cg.pcgrad(),
-        "ERM mean": cg.mean_gradients,
     }
-    rows = []
-    for num_domains in args.domains:
-        flat, floor_time = memory_floor(num_domains, total, args.repeats)
-        grads, offset = {}, 0
-        for k, shape in enumerate(shapes):
-            size = int(np.prod(shape))
-            grads[f"p{k:02d}"] = jnp.asarray(
-                np.stack([f[offset:offset + size] for f in flat]).reshape(num_domains, *shape))
-            offset += size
-        for name, factory in methods.items():
-            seconds, compile_time = time_update(factory(), grads, args.repeats)
-            rows.append((num_domains, name, seconds, seconds / floor_time, compile_time))
-        rows.append((num_domains, "floor (NumPy a0+a1+...)", floor_time, 1.0, 0.0))
-    print("| D | method | time (ms) | x floor | compile (s) |")
-    print("|---|---|---:|---:|---:|")
-    for num_domains, name, seconds, ratio, compile_time in rows:
-        compile_cell = f"{compile_time:.1f}" if compile_time else "-"
-        print(f"| {num_domains} | {name} | {seconds * 1e3:.1f} | {ratio:.2f} | {compile_cell} |")
+    print_table({d: measure(methods, d, args.repeats) for d in args.domains})
 
 
 if __name__ == "__main__":

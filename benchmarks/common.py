@@ -33,15 +33,59 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def memory_floor(num_domains: int, size: int, repeats: int) -> tuple[list[np.ndarray], float]:
-    """D random flat float32 gradients, and the median time of NumPy reading them and
-    writing their sum (``a0 + a1 + ...``): what any aggregation must at least pay."""
+FLOOR_BLOCK = 262_144  # elements per block of the floor: D + 1 blocks of 1 MiB stay in cache
+
+
+def memory_floor(num_domains: int, size: int) -> tuple[list[np.ndarray], Callable[[], None]]:
+    """D random flat float32 gradients, and NumPy reading them once and writing their sum:
+    what any aggregation must at least pay (D reads and one write of ``size`` floats).
+
+    The sum goes into a preallocated output whose pages are touched before any timing;
+    a fresh output on every call (as an earlier version of this floor did) times the
+    kernel's page faults too, about 2x the memory traffic it stands for. The adds are
+    ``np.add(..., out=)`` chains over blocks of :data:`FLOOR_BLOCK` elements, so that the
+    chain's re-reads of the partial sum hit the cache, not memory: without the blocks,
+    ``out = a0 + a1; out += a2; ...`` reads and writes the output D - 1 times.
+
+    Returns:
+      ``(flat, floor)``: the D arrays and a callable that computes their sum once.
+    """
     rng = np.random.default_rng(0)
     flat = [rng.standard_normal(size, dtype=np.float32) for _ in range(num_domains)]
+    out = np.ones(size, np.float32)  # every page touched before the timing
 
     def floor() -> None:
-        out = flat[0] + flat[1]
-        for extra in flat[2:]:
-            out += extra
+        for start in range(0, size, FLOOR_BLOCK):
+            stop = min(start + FLOOR_BLOCK, size)
+            block = out[start:stop]
+            np.add(flat[0][start:stop], flat[1][start:stop], out=block)
+            for extra in flat[2:]:
+                np.add(block, extra[start:stop], out=block)
 
-    return flat, median_time(floor, repeats)
+    floor()
+    return flat, floor
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of every callable, timed in ``repeats`` interleaved rounds (one call of
+    each per round), so that the load of a shared machine weighs on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def two_pass_limit(num_domains: int) -> float:
+    """Time of two reads of the D x P gradients and one write of P, in floors (D reads
+    and one write): the best a Gram pass plus a combine pass can do, (2D + 1) / (D + 1)."""
+    return (2 * num_domains + 1) / (num_domains + 1)
+
+
+def floor_warnings(ratios: dict[str, float]) -> list[str]:
+    """Lines that flag every method measured below the floor: a floor beaten is no floor,
+    so such a figure points at the measurement, not at the method."""
+    return [f"WARNING: {name} ran at {ratio:.2f}x the memory floor (< 1.0x): the floor or "
+            "this measurement is suspect." for name, ratio in ratios.items() if ratio < 1.0]

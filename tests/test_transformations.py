@@ -22,6 +22,18 @@ FACTORIES = {
     "agreement_rand": lambda: cg.agreement_rand(seed=1),
     "and_mask": lambda: cg.and_mask(0.5),
     "mean_gradients": cg.mean_gradients,
+    "upgrad_slice": lambda: cg.upgrad(granularity="slice", num_slices=3),
+    "dual_proj_layer": lambda: cg.dual_proj(granularity="layer"),
+    "mgda_element": lambda: cg.mgda(granularity="element"),
+    "cagrad_slice": lambda: cg.cagrad(0.5, granularity="slice", num_slices=3),
+    "imtl_g_layer": lambda: cg.imtl_g(granularity="layer"),
+    "aligned_mtl_slice": lambda: cg.aligned_mtl(granularity="slice", num_slices=3),
+    "con_fig_element": lambda: cg.con_fig(granularity="element"),
+    "grad_vac_layer": lambda: cg.grad_vac(3, granularity="layer"),
+    "nash_mtl_slice": lambda: cg.nash_mtl(3, granularity="slice", num_slices=3),
+    "upgrad_model": cg.upgrad,
+    "grad_drop": lambda: cg.grad_drop(0.1, seed=2),
+    "sand_mask": lambda: cg.sand_mask(0.5),
 }
 
 PARAMS = {"conv": {"kernel": jnp.zeros((3, 3, 2, 4))}, "bias": jnp.zeros(4),
@@ -55,7 +67,7 @@ def test_output_dtype_is_preserved(name, dtype):
     with jax.enable_x64(dtype == jnp.float64):
         grads = stacked_grads(dtype=dtype)
         tx = FACTORIES[name]()
-        out, _ = jax.jit(tx.update)(grads, tx.init(None))
+        out, _ = jax.jit(tx.update)(grads, tx.init(PARAMS))
         for leaf in jax.tree.leaves(out):
             assert leaf.dtype == dtype
             assert bool(jnp.all(jnp.isfinite(leaf)))

@@ -1,7 +1,8 @@
-"""Sign-agreement baselines and plain averaging, on the same stacked-gradient scaffold.
+"""Sign-agreement rules and plain averaging, on the same stacked-gradient scaffold.
 
 These methods decide component by component (the finest granularity) from the signs of
-the D domain gradients, instead of projecting. Their diagnostics:
+the D domain gradients, instead of projecting: Agr-Sum, Agr-Rand, AND-mask, SAND-mask
+and GradDrop. Their diagnostics:
 ``modification_frequency`` is the share of components that are changed (signs not all in
 agreement, or masked), ``modification_ratio`` is ``||sum_i g_i - update|| / ||sum_i g_i||``
 over the whole model, and ``dominant_fraction`` is 0.
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from corgrad_jax._src import base
@@ -162,3 +164,171 @@ def mean_gradients() -> optax.GradientTransformationExtraArgs:
         return updates, base.Diagnostics.zeros()
 
     return base.stacked_transformation(aggregate, seed=0, name="mean_gradients")
+
+
+def grad_drop_update(stacked: jax.Array, uniform: jax.Array, leak: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+    r"""GradDrop's combination of one leaf (Chen et al. 2020, Algorithm 1, lines 10-15).
+
+    With the positive sign purity :math:`P = \frac12 (1 + \sum_i g_i / \sum_i |g_i|)`
+    and a uniform draw U per component, domain i keeps its positive components where
+    :math:`P > U` and its negative ones where :math:`P < U`
+    (:math:`M_i = \mathbb 1[P > U] \mathbb 1[g_i > 0] + \mathbb 1[P < U] \mathbb 1[g_i < 0]`),
+    and :math:`u = \sum_i (\ell_i + (1 - \ell_i) M_i)\, g_i` with leaks :math:`\ell`.
+
+    Args:
+      stacked: ``(D, *shape)`` per-domain gradients.
+      uniform: ``shape`` draws from U(0, 1).
+      leak: ``(D,)`` leaks in [0, 1].
+
+    Returns:
+      The update and the mask of components where some domain's value was dropped.
+    """
+    total = base.domain_sum(stacked)
+    magnitude = base.domain_sum(jnp.abs(stacked))
+    purity = 0.5 * (1 + jnp.where(magnitude > 0, total / jnp.where(magnitude > 0, magnitude, 1),
+                                  0))
+    keep_positive, keep_negative = purity > uniform, purity < uniform
+    out = jnp.zeros_like(total)
+    dropped = jnp.zeros(total.shape, bool)
+    for i in range(stacked.shape[0]):
+        value = stacked[i]
+        kept = (keep_positive & (value > 0)) | (keep_negative & (value < 0))
+        out = out + (leak[i] + (1 - leak[i]) * kept.astype(value.dtype)) * value
+        dropped = dropped | (~kept & (value != 0))
+    return out, dropped
+
+
+def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
+              ) -> optax.GradientTransformationExtraArgs:
+    r"""GradDrop (Chen et al. 2020): per component, keep only the domain values of one
+    sign, drawn with the probability of that sign's share of the total magnitude.
+
+    Component by component (element-wise by definition): :func:`grad_drop_update`, with
+    a fresh uniform draw per component and step from the key in the state. Where every
+    domain agrees in sign the sum passes unchanged.
+
+    Scale: the update is a sum over domains, torchjd's ``GradDrop(leak=...)`` (which
+    draws U with ``torch.rand``); there is no ``reduction`` option.
+
+    Args:
+      leak: :math:`\ell`, a float in [0, 1] or one per domain: how much of a dropped
+        value leaks through.
+      seed: seed of the PRNG key in the state.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from corgrad_jax import grad_drop
+      >>> tx = grad_drop()
+      >>> g = {"w": jnp.array([[1., 2.], [3., -2.]])}
+      >>> u = tx.update(g, tx.init(None))[0]["w"]
+      >>> float(u[0]), float(u[1]) in (2.0, -2.0)
+      (4.0, True)
+
+    References:
+      Chen, Ngiam, Huang, Luong, Kretzschmar, Chai, Anguelov. Just Pick a Sign:
+      Optimizing Deep Multitask Models with Gradient Sign Dropout. NeurIPS 2020,
+      Algorithm 1; torchjd ``GradDrop``.
+    """
+    leaks = jnp.atleast_1d(jnp.asarray(leak))
+    try:
+        values = [float(x) for x in np.atleast_1d(np.asarray(leak, dtype=float))]
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        values = []  # traced, from optax.inject_hyperparams
+    if any(not 0.0 <= x <= 1.0 for x in values):
+        raise ValueError(f"leak must lie in [0, 1], got {leak}.")
+
+    def aggregate(
+        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
+    ) -> tuple[list[jax.Array], base.Diagnostics]:
+        del state
+        num_domains = leaves[0].shape[0]
+        if leaks.shape[0] not in (1, num_domains):
+            raise ValueError(f"grad_drop got {leaks.shape[0]} leaks for D={num_domains} "
+                             "domains; pass one float or one per domain.")
+        keys = jax.random.split(key, len(leaves))
+        totals, updates, changed = [], [], []
+        for leaf, leaf_key in zip(leaves, keys, strict=True):
+            uniform = jax.random.uniform(leaf_key, leaf.shape[1:], leaf.dtype)
+            leak_per_domain = jnp.broadcast_to(leaks.astype(leaf.dtype), (num_domains,))
+            update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
+            totals.append(base.domain_sum(leaf))
+            updates.append(update)
+            changed.append(dropped)
+        return updates, _masked_diagnostics(totals, updates, changed)
+
+    return base.stacked_transformation(aggregate, seed=seed, name="grad_drop")
+
+
+def sand_mask_update(stacked: jax.Array, tau: jax.Array | float, k: jax.Array | float
+                     ) -> tuple[jax.Array, jax.Array]:
+    r"""SAND-mask of one leaf, as DomainBed's ``SANDMask.mask_grads``.
+
+    .. math::  m = \max\Big(0, \tanh\big(k\, \sigma^{-2} (|\tfrac1D \textstyle\sum_i
+               \operatorname{sign} g_i| - \tau)\big)\Big), \qquad
+               u = \frac{m \odot \bar g}{10^{-10} + \operatorname{mean}(m)}
+
+    with :math:`\sigma^2` the unbiased variance over domains and :math:`\bar g` the mean
+    gradient; where :math:`\sigma^2 = 0` and the agreement equals :math:`\tau` (0 times
+    infinity), m is :math:`10^{-17}`, as in DomainBed.
+
+    Returns:
+      The update and the mask of the components zeroed (:math:`m \le 10^{-17}`).
+    """
+    num_domains = stacked.shape[0]
+    mean = base.domain_sum(stacked) / num_domains
+    variance = base.domain_sum(jnp.square(stacked - mean)) / (num_domains - 1)
+    agreement = jnp.abs(base.domain_sum(jnp.sign(stacked)) / num_domains)
+    mask = jnp.maximum(jnp.tanh(k * (1 / variance) * (agreement - tau)), 0)
+    mask = jnp.where(jnp.isnan(mask), 1e-17, mask)
+    kept = mask.mean()
+    return mask * mean / (1e-10 + kept), mask <= 1e-17
+
+
+def sand_mask(tau: float = 0.5, k: float = 10.0) -> optax.GradientTransformationExtraArgs:
+    r"""SAND-mask (Shahtalebi et al. 2021), as DomainBed's ``SANDMask``: a smooth AND-mask
+    that weighs each component by the agreement of the domains' signs, sharpened where
+    their values vary little (:func:`sand_mask_update`, per leaf).
+
+    Scale: a mean over domains (DomainBed's). DomainBed's registry default
+    :math:`\tau = 1` makes every mask 0 (``tanh`` of at most 0) and its random search
+    draws :math:`\tau \sim U(0, 1)`; the default here is 0.5.
+
+    Args:
+      tau: the agreement threshold :math:`\tau` in [0, 1].
+      k: the sharpness :math:`k > 0` (DomainBed's default 10).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from corgrad_jax import sand_mask
+      >>> tx = sand_mask(tau=0.5)
+      >>> g = {"w": jnp.array([[1., -1.], [3., 1.]])}
+      >>> [round(float(x), 3) for x in tx.update(g, tx.init(None))[0]["w"]]
+      [4.0, 0.0]
+
+    References:
+      Shahtalebi, Gagnon-Audet, Laleh, Faramarzi, Ahuja, Rish. SAND-mask: An Enhanced
+      Gradient Masking Strategy for the Discovery of Invariances in Domain
+      Generalization. 2021; DomainBed ``SANDMask``.
+    """
+    for name, value, high in (("tau", tau, 1.0), ("k", k, float("inf"))):
+        try:
+            number = float(value)
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            continue
+        if not 0.0 <= number <= high:
+            raise ValueError(f"{name} must lie in [0, {high}], got {value}.")
+
+    def aggregate(
+        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
+    ) -> tuple[list[jax.Array], base.Diagnostics]:
+        del state, key
+        totals, updates, changed = [], [], []
+        for leaf in leaves:
+            update, masked = sand_mask_update(leaf, tau, k)
+            totals.append(base.domain_sum(leaf) / leaf.shape[0])
+            updates.append(update)
+            changed.append(masked)
+        return updates, _masked_diagnostics(totals, updates, changed)
+
+    return base.stacked_transformation(aggregate, seed=0, name="sand_mask")

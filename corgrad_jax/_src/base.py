@@ -45,7 +45,8 @@ class StackedGradientState(NamedTuple):
 
     The diagnostics are fields of their own so that
     ``optax.tree_utils.tree_get(state, "modification_frequency")`` finds them, even
-    deep inside an ``optax.chain``.
+    deep inside an ``optax.chain``. ``rule_state`` holds what a rule carries from step to
+    step (GradVac's targets, Nash-MTL's last weights); ``()`` for the others.
     """
 
     count: jax.Array  # int32 step counter, drives ``alpha`` schedules
@@ -53,13 +54,15 @@ class StackedGradientState(NamedTuple):
     modification_frequency: jax.Array
     modification_ratio: jax.Array
     dominant_fraction: jax.Array
+    rule_state: Any = ()
 
 
 AggregateFn = Callable[
     [Sequence[jax.Array], StackedGradientState, jax.Array],
-    tuple[list[jax.Array], Diagnostics],
+    tuple[list[jax.Array], Diagnostics] | tuple[list[jax.Array], Diagnostics, Any],
 ]
-"""``(leaves (D, *shape) in compute dtype, state, key) -> (param-shaped leaves, diagnostics)``."""
+"""``(leaves (D, *shape) in compute dtype, state, key) -> (param-shaped leaves, diagnostics)``,
+or ``(..., diagnostics, rule_state)`` for a rule that carries state."""
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:
@@ -129,17 +132,21 @@ def validate_stacked(
 
 
 def stacked_transformation(
-    aggregate: AggregateFn, *, seed: int, name: str
+    aggregate: AggregateFn,
+    *,
+    seed: int,
+    name: str,
+    init_rule_state: Callable[[chex.ArrayTree], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps an aggregation rule as an optax transformation of stacked gradients.
 
     ``aggregate`` sees the leaves in their compute dtype (float32 for bf16/f16 inputs),
     the state, and a fresh PRNG key for this step; its outputs are cast back to each
-    leaf's input dtype.
+    leaf's input dtype. ``init_rule_state(params)``, when given, makes the state's
+    ``rule_state``, which ``aggregate`` then returns updated as a third element.
     """
 
     def init_fn(params: chex.ArrayTree) -> StackedGradientState:
-        del params
         zero = Diagnostics.zeros()
         return StackedGradientState(
             count=jnp.zeros((), jnp.int32),
@@ -147,6 +154,7 @@ def stacked_transformation(
             modification_frequency=zero.modification_frequency,
             modification_ratio=zero.modification_ratio,
             dominant_fraction=zero.dominant_fraction,
+            rule_state=() if init_rule_state is None else init_rule_state(params),
         )
 
     def update_fn(
@@ -159,7 +167,9 @@ def stacked_transformation(
         _, leaves, treedef, _ = validate_stacked(updates, params, name)
         key, step_key = jax.random.split(state.key)
         inputs = [leaf.astype(compute_dtype(leaf.dtype)) for leaf in leaves]
-        outputs, diagnostics = aggregate(inputs, state, step_key)
+        result = aggregate(inputs, state, step_key)
+        outputs, diagnostics = result[0], result[1]
+        rule_state = result[2] if len(result) > 2 else state.rule_state
         outputs = [out.astype(leaf.dtype) for out, leaf in zip(outputs, leaves, strict=True)]
         new_state = StackedGradientState(
             count=optax.safe_increment(state.count),
@@ -167,6 +177,7 @@ def stacked_transformation(
             modification_frequency=jnp.asarray(diagnostics.modification_frequency, jnp.float32),
             modification_ratio=jnp.asarray(diagnostics.modification_ratio, jnp.float32),
             dominant_fraction=jnp.asarray(diagnostics.dominant_fraction, jnp.float32),
+            rule_state=rule_state,
         )
         return jax.tree_util.tree_unflatten(treedef, outputs), new_state
 

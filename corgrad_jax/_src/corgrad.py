@@ -15,12 +15,14 @@ named function:
 
 Every projected gradient stays a linear combination ``g~_i^k = sum_m c[k,i,m] g_m^k`` of
 the original pieces, so steps 3 and 4 act on the coefficients ``c`` and on the Gram
-matrices ``G^k`` only: ``<g~_i, g~_j> = c_i G c_j^T``.
+matrices ``G^k`` only: ``<g~_i, g~_j> = c_i G c_j^T``. Steps 3 and 4 are CorGrad's *rule*
+(:func:`corgrad_rule`); steps 1, 2 and 5 are the engine every Gram rule shares
+(``_src/engine.py``). At element granularity a piece is one scalar and the projection
+has a closed form (:func:`element_projection`), computed elementwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -29,23 +31,18 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.pieces import (
-    GRANULARITIES,
-    SMALL_LEAF,
-    VARIANTS,
-    LeafPieces,
-    combine_pieces,
-    group_combine,
-    group_gram,
-    leaf_pieces,
-    piece_gram,
+from corgrad_jax._src.engine import (
+    GramRule,
+    RuleInputs,
+    RuleResult,
+    check_gram_options,
+    gram_transformation,
 )
+from corgrad_jax._src.pieces import element_sums
 
 Coefficients = jax.Array
 """``coeffs[k, i, m]``: weight of domain m's original piece k in domain i's current piece.
 Shape ``(num_pieces, D, D)``; the Gram matrices have the same shape."""
-
-REDUCTIONS = ("sum", "mean")
 
 # Dominance ties (|n_i - mu| == sigma, which is exact for D = 2) are not dominant: the
 # test allows this slack, relative to the layer's mean original gradient norm. A norm
@@ -159,6 +156,45 @@ def project_conflicts(
     return coeffs, conflicts, ratio_sum
 
 
+def dominant_mixing(
+    norms: jax.Array, original_mu: jax.Array, alpha: jax.Array, *, two_sided: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Which domains are dominant in each layer, as a mixing matrix per layer.
+
+    With ``n_i`` the norm of domain i's projected gradient over the layer, ``mu = mean_i
+    n_i`` and ``sigma`` the population standard deviation, domain i is dominant when
+    ``n_i - mu > sigma`` (the paper) or ``|n_i - mu| > sigma`` (``two_sided``, the
+    official code), by more than a slack of ``rtol * original_mu`` (ties and rounding
+    residues are not dominant). A dominant gradient becomes ``alpha g_i + (1 - alpha)
+    g_mean``, where ``g_mean`` is the mean over all domains (paper) or over the
+    non-dominant ones (official): row i of the mixing matrix ``M`` gives the smoothed
+    gradient ``sum_m M[i, m] g_m``.
+
+    Args:
+      norms: ``(layers, D)`` norms of the projected gradients.
+      original_mu: ``(layers, 1)`` mean norm of the original gradients.
+      alpha: the smoothing weight.
+      two_sided: the official code's outlier test.
+
+    Returns:
+      ``(mixing, num_dominant)``: ``(layers, D, D)`` matrices and the number of (domain,
+      layer) pairs smoothed.
+    """
+    dtype = jnp.dtype(norms.dtype)
+    num_domains = norms.shape[-1]
+    mu = norms.mean(-1, keepdims=True)
+    sigma = jnp.sqrt(((norms - mu) ** 2).mean(-1, keepdims=True))
+    deviation = jnp.abs(norms - mu) if two_sided else norms - mu
+    dominant = deviation > sigma + _TIE_RTOL[dtype] * original_mu  # (layers, D)
+    included = ~dominant if two_sided else jnp.ones_like(dominant)
+    weight = included.astype(dtype)
+    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1)
+    alpha = jnp.asarray(alpha, dtype)
+    eye = jnp.eye(num_domains, dtype=dtype)
+    mixing = jnp.where(dominant[:, :, None], alpha * eye + (1 - alpha) * weight[:, None, :], eye)
+    return mixing, dominant.sum(dtype=jnp.float32)
+
+
 def smooth_dominant(
     coeffs: Coefficients,
     gram: jax.Array,
@@ -168,53 +204,135 @@ def smooth_dominant(
     *,
     two_sided: bool,
 ) -> tuple[Coefficients, jax.Array]:
-    """Adaptive smoothing of dominant gradients (Alg. 1, lines 8-11), per layer.
-
-    With ``n_i = ||g~_i||`` over the whole layer, ``mu = mean_i n_i`` and ``sigma`` the
-    population standard deviation, domain i is dominant when ``n_i - mu > sigma`` (the
-    paper) or ``|n_i - mu| > sigma`` (``two_sided``, the official code). A dominant
-    gradient becomes ``alpha g~_i + (1 - alpha) g_mean``, where ``g_mean`` is the mean
-    over all domains (paper) or over the non-dominant ones (official).
+    """Adaptive smoothing of dominant gradients (Alg. 1, lines 8-11), per layer, on
+    coefficients: domain i's layer norm is ``sqrt(sum_k c_i^k G^k (c_i^k)^T)`` over the
+    layer's pieces, and :func:`dominant_mixing` says who is smoothed toward what.
 
     Returns:
       The smoothed coefficients and the number of (domain, layer) pairs smoothed.
     """
-    dtype = jnp.dtype(gram.dtype)
 
     def layer_norm(piece_norm2: jax.Array) -> jax.Array:  # (K, D) -> (layers, D)
         total = jax.ops.segment_sum(piece_norm2, layer_of_piece, num_layers)
         return jnp.sqrt(jnp.maximum(total, 0))
 
     norms = layer_norm(_bilinear(coeffs, gram, coeffs))
-    mu = norms.mean(-1, keepdims=True)
-    sigma = jnp.sqrt(((norms - mu) ** 2).mean(-1, keepdims=True))
-    # Ties and rounding residues (a layer the projections emptied) are not dominant.
     original_mu = layer_norm(jnp.diagonal(gram, axis1=1, axis2=2)).mean(-1, keepdims=True)
-    deviation = jnp.abs(norms - mu) if two_sided else norms - mu
-    dominant = deviation > sigma + _TIE_RTOL[dtype] * original_mu  # (layers, D)
-    included = ~dominant if two_sided else jnp.ones_like(dominant)
-    weight = included.astype(dtype)
-    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1)
-    mean = (weight[layer_of_piece][:, :, None] * coeffs).sum(1)  # (K, D)
-    alpha = jnp.asarray(alpha, dtype)
-    smoothed = jnp.where(dominant[layer_of_piece][:, :, None],
-                         alpha * coeffs + (1 - alpha) * mean[:, None, :], coeffs)
-    return smoothed, dominant.sum(dtype=jnp.float32)
+    mixing, num_dominant = dominant_mixing(norms, original_mu, alpha, two_sided=two_sided)
+    smoothed = (mixing[layer_of_piece][:, :, :, None] * coeffs[:, None, :, :]).sum(2)
+    return smoothed, num_dominant
 
 
-def _check_options(
-    num_slices: Any, alpha: Any, granularity: str, reduction: str, variant: str
-) -> None:
-    if isinstance(num_slices, bool) or not isinstance(num_slices, (int, np.integer)):
-        raise TypeError(f"num_slices must be an int >= 1, got {num_slices!r}.")
-    if num_slices < 1:
-        raise ValueError(f"num_slices must be >= 1, got {num_slices}.")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"Unknown granularity {granularity!r}; expected one of {GRANULARITIES}.")
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; expected one of {VARIANTS}.")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"Unknown reduction {reduction!r}; expected one of {REDUCTIONS}.")
+def element_projection(values: list[jax.Array], *, sequential: bool
+                       ) -> tuple[list[jax.Array], jax.Array]:
+    """Projection of conflicting pieces at element granularity, in closed form.
+
+    A one-element piece conflicts with another domain's when their signs differ, and the
+    projection then empties it: :math:`g_i - (g_i g_j / g_j^2)\\, g_j = 0`. An emptied
+    piece neither conflicts again nor serves as a direction (:func:`project_conflicts`).
+    So in the paper's Jacobi order domain i keeps :math:`g_i` exactly when no other
+    domain has the opposite sign, whatever the order; in the official Gauss-Seidel order
+    domain i meets the already projected values of the domains j < i and the original
+    ones of j > i. Each emptied piece counts one conflict, of ratio 1.
+
+    Args:
+      values: the D per-domain arrays (any common shape).
+      sequential: the official code's Gauss-Seidel order.
+
+    Returns:
+      The D projected arrays and the number of emptied domains per element (int32).
+    """
+    num_domains = len(values)
+    projected: list[jax.Array] = []
+    emptied = jnp.zeros(values[0].shape, jnp.int32)
+    if not sequential:
+        positive = sum((v > 0).astype(jnp.int32) for v in values)
+        negative = sum((v < 0).astype(jnp.int32) for v in values)
+    for i, value in enumerate(values):
+        if sequential:
+            references = [projected[j] if j < i else values[j]
+                          for j in range(num_domains) if j != i]
+            conflict = value * references[0] < 0
+            for reference in references[1:]:
+                conflict = conflict | (value * reference < 0)
+        else:
+            conflict = ((value > 0) & (negative > 0)) | ((value < 0) & (positive > 0))
+        projected.append(jnp.where(conflict, jnp.zeros_like(value), value))
+        emptied = emptied + conflict.astype(jnp.int32)
+    return projected, emptied
+
+
+def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule:
+    """CorGrad's projection and smoothing as a rule with per-domain coefficients; the
+    engine (``_src/engine.py``) supplies layering, slicing and both passes."""
+
+    def smoothing_weight(count: jax.Array) -> jax.Array:
+        return alpha(count) if callable(alpha) else alpha
+
+    def coefficients(gram: jax.Array, inputs: RuleInputs) -> RuleResult:
+        assert inputs.piece_gram is not None
+        num_domains = gram.shape[-1]
+        # 3. Projection of conflicting pieces (one piece for the whole model at "model").
+        orders = domain_orders(num_domains, inputs.key, shuffle=shuffle)
+        coeffs, conflicts, ratio_sum = project_conflicts(gram, orders, sequential=official)
+        tests = num_domains * (num_domains - 1) * gram.shape[0]
+        coeffs = jnp.broadcast_to(coeffs, inputs.piece_gram.shape)
+        # 4. Smoothing of dominant gradients, per layer.
+        num_dominant = jnp.zeros((), jnp.float32)
+        if alpha is not None:
+            coeffs, num_dominant = smooth_dominant(
+                coeffs, inputs.piece_gram, inputs.layer_of_piece, inputs.num_layers,
+                smoothing_weight(inputs.count), two_sided=official)
+        diagnostics = base.Diagnostics(
+            modification_frequency=conflicts / max(tests, 1),
+            modification_ratio=ratio_sum / jnp.maximum(conflicts, 1),
+            dominant_fraction=num_dominant / (num_domains * inputs.num_layers),
+        )
+        return RuleResult(coeffs, diagnostics)
+
+    def element(flats: list[jax.Array], inputs: RuleInputs
+                ) -> tuple[list[jax.Array], base.Diagnostics, Any]:
+        num_domains = flats[0].shape[0]
+
+        def first_pass(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
+            del others
+            projected, emptied = element_projection(values, sequential=official)
+            return [emptied, *(p * p for p in projected), *(v * v for v in values)]
+
+        # The first pass counts the conflicts and gives the layer norms; the second
+        # recomputes the projection and writes the (smoothed) sum, cheaper than
+        # storing D projected copies.
+        sums = [element_sums(flat, first_pass) for flat in flats]
+        conflicts = sum(s[0] for s in sums).astype(jnp.float32)
+        weights = jnp.ones((len(flats), num_domains), flats[0].dtype)
+        num_dominant = jnp.zeros((), jnp.float32)
+        if alpha is not None:
+            norms = jnp.sqrt(jnp.stack([jnp.stack(s[1:1 + num_domains]) for s in sums]))
+            originals = jnp.sqrt(jnp.stack([jnp.stack(s[1 + num_domains:]) for s in sums]))
+            mixing, num_dominant = dominant_mixing(
+                norms, originals.mean(-1, keepdims=True), smoothing_weight(inputs.count),
+                two_sided=official)
+            weights = mixing.sum(1)  # (layers, D): sum_i M[i, m]
+        outputs = []
+        for k, flat in enumerate(flats):
+            projected, _ = element_projection([flat[i] for i in range(num_domains)],
+                                              sequential=official)
+            out = projected[0] if alpha is None else weights[k, 0] * projected[0]
+            for m in range(1, num_domains):
+                out = out + (projected[m] if alpha is None else weights[k, m] * projected[m])
+            outputs.append(out)
+        tests = num_domains * (num_domains - 1) * sum(flat.shape[1] for flat in flats)
+        diagnostics = base.Diagnostics(
+            modification_frequency=conflicts / max(tests, 1),
+            modification_ratio=jnp.where(conflicts > 0, 1.0, 0.0).astype(jnp.float32),
+            dominant_fraction=num_dominant / (num_domains * len(flats)),
+        )
+        return outputs, diagnostics, ()
+
+    return GramRule(coefficients, native_reduction="sum", element=element)
+
+
+def _check_alpha(alpha: Any) -> None:
     if alpha is None or callable(alpha):
         return
     try:
@@ -236,72 +354,12 @@ def gradient_surgery(
     variant: str,
     name: str,
 ) -> optax.GradientTransformationExtraArgs:
-    """The one engine behind :func:`corgrad`, its ablations and :func:`pcgrad`."""
-    _check_options(num_slices, alpha, granularity, reduction, variant)
-    official = variant == "official"
-
-    def aggregate(
-        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
-    ) -> tuple[list[jax.Array], base.Diagnostics]:
-        num_domains = leaves[0].shape[0]
-        # 1. Layering and slicing.
-        pieces: list[LeafPieces] = [
-            leaf_pieces(leaf.shape[1:], granularity=granularity, num_slices=num_slices,
-                        variant=variant)
-            for leaf in leaves
-        ]
-        flats = [leaf.reshape(num_domains, -1) for leaf in leaves]
-        # Small leaves are handled as one group, large ones one by one; the pieces of
-        # the group come first in the coefficient arrays.
-        small = [k for k, p in enumerate(pieces) if p.size <= SMALL_LEAF]
-        large = [k for k, p in enumerate(pieces) if p.size > SMALL_LEAF]
-        order = small + large
-        # 2. Piece Gram matrices: the first pass over the data.
-        grams = [piece_gram(flats[k], pieces[k]) for k in large]
-        if small:
-            grams.insert(0, group_gram([flats[k] for k in small], [pieces[k] for k in small]))
-        gram = jnp.concatenate(grams) if len(grams) > 1 else grams[0]
-        layer_of_piece = np.repeat(np.array(order), [pieces[k].num_pieces for k in order])
-        # 3. Projection of conflicting pieces.
-        orders = domain_orders(num_domains, key, shuffle=shuffle)
-        if granularity == "model":  # one piece: the whole model
-            coeffs, conflicts, ratio_sum = project_conflicts(
-                gram.sum(0, keepdims=True), orders, sequential=official)
-            coeffs = jnp.broadcast_to(coeffs, gram.shape)
-            tests = num_domains * (num_domains - 1)
-        else:
-            coeffs, conflicts, ratio_sum = project_conflicts(gram, orders, sequential=official)
-            tests = num_domains * (num_domains - 1) * gram.shape[0]
-        # 4. Smoothing of dominant gradients.
-        num_dominant = jnp.zeros((), jnp.float32)
-        if alpha is not None:
-            alpha_now = alpha(state.count) if callable(alpha) else alpha
-            coeffs, num_dominant = smooth_dominant(
-                coeffs, gram, layer_of_piece, len(leaves), alpha_now, two_sided=official)
-        # 5. Sum over domains: the second pass over the data.
-        weights = coeffs.sum(1)  # (K, D): sum_i c[k, i, m]
-        if reduction == "mean":
-            weights = weights / num_domains
-        outputs: list[jax.Array] = [None] * len(leaves)  # type: ignore[list-item]
-        start = sum(pieces[k].num_pieces for k in small)
-        if small:
-            combined = group_combine([flats[k] for k in small], weights[:start],
-                                     [pieces[k] for k in small])
-            for k, out in zip(small, combined, strict=True):
-                outputs[k] = out.reshape(leaves[k].shape[1:])
-        for k in large:
-            leaf_weights = weights[start:start + pieces[k].num_pieces]
-            start += pieces[k].num_pieces
-            outputs[k] = combine_pieces(flats[k], leaf_weights, pieces[k]).reshape(
-                leaves[k].shape[1:])
-        diagnostics = base.Diagnostics(
-            modification_frequency=conflicts / max(tests, 1),
-            modification_ratio=ratio_sum / jnp.maximum(conflicts, 1),
-            dominant_fraction=num_dominant / (num_domains * len(leaves)),
-        )
-        return outputs, diagnostics
-
-    return base.stacked_transformation(aggregate, seed=seed, name=name)
+    """CorGrad's rule on the one engine: :func:`corgrad`, its ablations and :func:`pcgrad`."""
+    check_gram_options(num_slices, granularity, reduction, variant)
+    _check_alpha(alpha)
+    rule = corgrad_rule(alpha, shuffle=shuffle, official=variant == "official")
+    return gram_transformation(rule, granularity=granularity, num_slices=num_slices,
+                               reduction=reduction, seed=seed, name=name, variant=variant)
 
 
 def corgrad(

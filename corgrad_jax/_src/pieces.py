@@ -12,7 +12,10 @@ so the algorithm only ever reads the data twice:
    :math:`G^k_{ab} = \\langle g_a^k, g_b^k \\rangle` in one pass;
 2. :func:`combine_pieces` writes :math:`\\sum_m w_{k,m} g_m^k` in one pass.
 
-Everything in between runs on tiny coefficient arrays (see ``_src/corgrad.py``).
+Everything in between runs on tiny coefficient arrays: a *rule* maps the Gram matrices
+to coefficients (``_src/engine.py``; CorGrad's in ``_src/corgrad.py``).
+:class:`PieceLayout` bundles how every leaf of a pytree is cut and runs both passes over
+all of them.
 
 Both passes are written for XLA's CPU backend, where they were measured: the Gram pass
 is one variadic reduction that fuses all D(D+1)/2 products (six separate reductions
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -217,6 +220,74 @@ def combine_pieces(flat: jax.Array, weights: jax.Array, pieces: LeafPieces) -> j
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PieceLayout:
+    """How every leaf of a pytree is cut, and the two passes over all of them.
+
+    Small leaves (at most :data:`SMALL_LEAF` elements: biases, BatchNorm scales) are
+    processed as one concatenated group, large ones one by one; the group's pieces come
+    first in the ``(num_pieces, D, D)`` Gram and ``(num_pieces, D)`` weight arrays.
+    """
+
+    pieces: tuple[LeafPieces, ...]
+
+    @classmethod
+    def of(cls, shapes: Sequence[Sequence[int]], *, granularity: str, num_slices: int,
+           variant: str) -> PieceLayout:
+        """The layout of leaves with parameter shapes ``shapes`` (without the domain axis)."""
+        return cls(tuple(leaf_pieces(shape, granularity=granularity, num_slices=num_slices,
+                                     variant=variant) for shape in shapes))
+
+    @property
+    def small(self) -> list[int]:
+        return [k for k, p in enumerate(self.pieces) if p.size <= SMALL_LEAF]
+
+    @property
+    def large(self) -> list[int]:
+        return [k for k, p in enumerate(self.pieces) if p.size > SMALL_LEAF]
+
+    @property
+    def num_pieces(self) -> int:
+        return sum(p.num_pieces for p in self.pieces)
+
+    @property
+    def layer_of_piece(self) -> np.ndarray:
+        """``(num_pieces,)``: the leaf (layer) index of every piece, in array order."""
+        order = self.small + self.large
+        return np.repeat(np.array(order, np.int32),
+                         [self.pieces[k].num_pieces for k in order]).astype(np.int32)
+
+    def gram(self, flats: Sequence[jax.Array]) -> jax.Array:
+        """First pass: ``(num_pieces, D, D)`` Gram matrices of every piece of every leaf.
+
+        Args:
+          flats: ``(D, P_leaf)`` flattened per-domain gradients of every leaf.
+        """
+        small, large = self.small, self.large
+        grams = [piece_gram(flats[k], self.pieces[k]) for k in large]
+        if small:
+            grams.insert(0, group_gram([flats[k] for k in small],
+                                       [self.pieces[k] for k in small]))
+        return jnp.concatenate(grams) if len(grams) > 1 else grams[0]
+
+    def combine(self, flats: Sequence[jax.Array], weights: jax.Array) -> list[jax.Array]:
+        """Second pass: ``out^k = sum_m weights[k, m] g_m^k`` for every leaf, ``(P_leaf,)``
+        each, from ``(num_pieces, D)`` weights in the order of :meth:`gram`."""
+        small, large = self.small, self.large
+        outputs: list[jax.Array] = [None] * len(self.pieces)  # type: ignore[list-item]
+        start = sum(self.pieces[k].num_pieces for k in small)
+        if small:
+            combined = group_combine([flats[k] for k in small], weights[:start],
+                                     [self.pieces[k] for k in small])
+            for k, out in zip(small, combined, strict=True):
+                outputs[k] = out
+        for k in large:
+            stop = start + self.pieces[k].num_pieces
+            outputs[k] = combine_pieces(flats[k], weights[start:stop], self.pieces[k])
+            start = stop
+        return outputs
+
+
 def _piece_ids(pieces: list[LeafPieces]) -> tuple[np.ndarray, int]:
     """Static piece index of every element of the concatenated leaves."""
     ids, offset = [], 0
@@ -271,3 +342,40 @@ def _weighted_sum(flat: jax.Array, weights: list[jax.Array]) -> jax.Array:
     for m in range(1, flat.shape[0]):
         out = out + weights[m] * flat[m]
     return out
+
+
+def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
+                 others: Sequence[jax.Array] = ()) -> list[jax.Array]:
+    """Sums over the elements of a leaf of elementwise functions of its D values, in one
+    pass: ``[sum_p t(g_1[p], ..., g_D[p]) for t in terms]``.
+
+    Written like :func:`piece_gram`: one variadic reduction over blocks of ``_BLOCK``
+    elements of the ``(D, P)`` data (XLA:CPU fuses the row slices and the terms into it;
+    a plain ``jnp.sum`` of a function of several rows first copied each row), then a
+    sum over the blocks, and the short remainder apart.
+
+    Args:
+      flat: ``(D, P)`` per-domain values.
+      terms: ``terms(values, others)`` maps the D arrays of values and the matching
+        parts of ``others`` (any common shape) to the arrays to sum (any dtypes).
+      others: ``(P,)`` arrays read alongside, e.g. an update already written.
+
+    Returns:
+      One scalar per term.
+    """
+    num_domains, size = flat.shape
+    full = size // _BLOCK
+    totals: list[jax.Array] | None = None
+    if full:
+        body = flat[:, :full * _BLOCK].reshape(num_domains, full, _BLOCK)
+        values = terms([body[i] for i in range(num_domains)],
+                       [o[:full * _BLOCK].reshape(full, _BLOCK) for o in others])
+        sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
+                          lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)], (1,))
+        totals = [s.sum() for s in sums]
+    if size > full * _BLOCK or totals is None:
+        tail = flat[:, full * _BLOCK:]
+        rest = [v.sum() for v in terms([tail[i] for i in range(num_domains)],
+                                       [o[full * _BLOCK:] for o in others])]
+        totals = rest if totals is None else [a + b for a, b in zip(totals, rest, strict=True)]
+    return totals

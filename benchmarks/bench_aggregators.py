@@ -1,0 +1,138 @@
+"""Speed of every rule at every granularity on ResNet18's parameters, against the floor.
+
+Setup as ``bench_corgrad.py``: torchvision ResNet18's 62 tensors (11,689,512 parameters),
+D stacked float32 domain gradients, ``num_slices=10``, on the CPU; every figure is the
+median of ``--repeats`` interleaved rounds after warm-up, every ratio divides two times
+of this one run, against
+
+* the memory floor: NumPy reading the D x P floats once and writing P into a touched,
+  preallocated output (``common.memory_floor``);
+* the jitted ``mean_gradients`` of the same pytree (ERM's mean);
+* the two-pass limit of the Gram rules: two reads and one write, (2D + 1) / (D + 1)
+  floors (1.75x at D=3, 1.83x at D=5).
+
+The Gram rules (projection, dual-cone, min-norm and spectral rules) share one engine,
+so the table mostly measures it: the Gram pass, the rule on ``(pieces, D, D)`` arrays,
+the combine pass. ``compile`` is the first call of the jitted update.
+
+Run: ``python benchmarks/bench_aggregators.py [--domains 3 5] [--granularities layer
+slice element] [--rules upgrad mgda ...] [--repeats 11]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import optax
+
+import corgrad_jax as cg
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_corgrad import compiled_update, stacked_resnet  # noqa: E402
+from common import (  # noqa: E402
+    floor_warnings,
+    interleaved_medians,
+    memory_floor,
+    resnet18_shapes,
+    two_pass_limit,
+)
+
+GramFactory = Callable[[int, str], optax.GradientTransformation]
+GRAM_RULES: dict[str, GramFactory] = {
+    "corgrad": lambda d, g: cg.corgrad(10, 0.6, granularity=g),
+    "pcgrad (corgrad, alpha=None)": lambda d, g: cg.corgrad(10, None, granularity=g),
+    "upgrad": lambda d, g: cg.upgrad(granularity=g),
+    "dual_proj": lambda d, g: cg.dual_proj(granularity=g),
+    "mgda": lambda d, g: cg.mgda(granularity=g),
+    "mgda (exact)": lambda d, g: cg.mgda(granularity=g, solver="exact"),
+    "cagrad": lambda d, g: cg.cagrad(0.5, granularity=g),
+    "imtl_g": lambda d, g: cg.imtl_g(granularity=g),
+    "aligned_mtl": lambda d, g: cg.aligned_mtl(granularity=g),
+    "con_fig": lambda d, g: cg.con_fig(granularity=g),
+    "grad_vac": lambda d, g: cg.grad_vac(d, granularity=g),
+    "nash_mtl": lambda d, g: cg.nash_mtl(d, granularity=g),
+}
+ELEMENTWISE: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "agreement_sum": cg.agreement_sum,
+    "and_mask": cg.and_mask,
+    "sand_mask": cg.sand_mask,
+    "grad_drop": cg.grad_drop,
+}
+ERM = "ERM mean"
+FLOOR = "floor"
+# Stateful rules whose element granularity keeps D^2 floats per parameter, or solves
+# one Newton system per parameter: not run there unless asked by name.
+SLOW_AT_ELEMENT = ("grad_vac", "nash_mtl", "mgda (exact)")
+
+Row = tuple[str, str, int, float, float, float, float]
+
+
+def measure(rules: dict[str, GramFactory], granularities: list[str], elementwise: list[str],
+            num_domains: int, repeats: int, named: set[str]) -> list[Row]:
+    """``(rule, granularity, D, seconds, x floor, x ERM, compile seconds)`` rows."""
+    shapes = resnet18_shapes()
+    total = sum(int(np.prod(s)) for s in shapes)
+    flat, floor = memory_floor(num_domains, total)
+    grads = stacked_resnet(flat, shapes)
+    params = {name: np.zeros(leaf.shape[1:], np.float32) for name, leaf in grads.items()}
+    runs: dict[tuple[str, str], Callable[[], object]] = {}
+    compile_times: dict[tuple[str, str], float] = {}
+    for name, factory in rules.items():
+        for granularity in granularities:
+            if granularity == "element" and name in SLOW_AT_ELEMENT and name not in named:
+                continue
+            key = (name, granularity)
+            runs[key], compile_times[key] = compiled_update(
+                factory(num_domains, granularity), grads, params)
+    for name in elementwise:
+        key = (name, "element")
+        runs[key], compile_times[key] = compiled_update(ELEMENTWISE[name](), grads, params)
+    runs[(ERM, "-")], compile_times[(ERM, "-")] = compiled_update(cg.mean_gradients(), grads,
+                                                                  params)
+    runs[(FLOOR, "-")] = floor
+    medians = interleaved_medians(runs, repeats)
+    floor_time, erm_time = medians[(FLOOR, "-")], medians[(ERM, "-")]
+    return [(name, granularity, num_domains, seconds, seconds / floor_time,
+             seconds / erm_time, compile_times.get((name, granularity), 0.0))
+            for (name, granularity), seconds in medians.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", type=int, nargs="+", default=[3, 5])
+    parser.add_argument("--granularities", nargs="+", default=["layer", "slice", "element"])
+    parser.add_argument("--rules", nargs="+", default=None,
+                        help="names of GRAM_RULES and ELEMENTWISE rules (default: all)")
+    parser.add_argument("--repeats", type=int, default=11)
+    args = parser.parse_args()
+    named = set(args.rules or [])
+    rules = {k: v for k, v in GRAM_RULES.items() if not named or k in named}
+    elementwise = [k for k in ELEMENTWISE if not named or k in named]
+    flags = os.environ.get("XLA_FLAGS", "")
+    print(f"ResNet18, float32, {jax.devices()[0].platform}, jax {jax.__version__}, "
+          f"XLA_FLAGS={flags!r}\n")
+    rows: list[Row] = []
+    for num_domains in args.domains:
+        rows += measure(rules, args.granularities, elementwise, num_domains, args.repeats,
+                        named)
+    print("| rule | granularity | D | time (ms) | x floor | x ERM mean | compile (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, granularity, num_domains, seconds, ratio, erm_ratio, compile_time in rows:
+        compile_cell = f"{compile_time:.1f}" if compile_time else "-"
+        print(f"| {name} | {granularity} | {num_domains} | {seconds * 1e3:.1f} | {ratio:.2f} | "
+              f"{erm_ratio:.2f} | {compile_cell} |")
+    print()
+    for num_domains in args.domains:
+        print(f"D={num_domains}: two-pass limit {two_pass_limit(num_domains):.2f}x the floor")
+        ratios = {f"{n} ({g})": r for n, g, d, _, r, _, _ in rows if d == num_domains}
+        for line in floor_warnings(ratios):
+            print(f"D={num_domains}: {line}")
+
+
+if __name__ == "__main__":
+    main()
