@@ -43,7 +43,7 @@ def _measure(layouts: list[tuple[str, int, str]], repeats: int) -> dict[str, flo
 
     hparams = default_hparams("corgrad", "RotatedMNIST")
     model = get_model("mnist_cnn", 10, hparams)
-    tx = build_optimizer("corgrad", hparams, seed=0, total_steps=1000)
+    tx = build_optimizer("corgrad", hparams, seed=0, total_steps=1000, num_domains=NUM_DOMAINS)
     fresh = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
     rng = np.random.default_rng(0)
     batch = {

@@ -89,7 +89,8 @@ def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[]
     if method is None:  # one gradient of the mean loss, plain Adam
         tx = optax.adam(hparams["lr"])
     else:
-        tx = build_optimizer(algorithm, hparams, seed=0, total_steps=5000)
+        tx = build_optimizer(algorithm, hparams, seed=0, total_steps=5000,
+                             num_domains=setting.num_domains)
     state = trainer.create_train_state(jax.random.key(0), model, tx, setting.input_shape)
     rng = np.random.default_rng(0)
     shape = (setting.num_domains, setting.batch_size)

@@ -247,7 +247,8 @@ def _step_runner(sizes: Sizes, algorithm: str, method: str, dtype: str
     dataset = "PACS" if sizes.model == "resnet18" else "RotatedMNIST"
     hparams = default_hparams(algorithm, dataset)
     model = get_model(sizes.model, 7, hparams, dtype=dtype)
-    tx = build_optimizer(algorithm, hparams, seed=0, total_steps=5000)
+    tx = build_optimizer(algorithm, hparams, seed=0, total_steps=5000,
+                         num_domains=sizes.num_domains)
     state = steps.create_train_state(jax.random.key(0), model, tx, sizes.input_shape)
     shape = (sizes.num_domains, sizes.batch_size)
     batch = {"x": jax.random.normal(jax.random.key(1), (*shape, *sizes.input_shape)),

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import optax
 
 Builder = Callable[..., "optax.GradientTransformation"]
-"""``build(hparams, *, seed, total_steps)``: the algorithm's stacked-gradient transformation."""
+"""``build(hparams, *, seed, total_steps, num_domains)``: the algorithm's stacked-gradient
+transformation."""
 
 
 def library() -> ModuleType:
@@ -48,9 +49,11 @@ class Algorithm:
         name: the ``--algorithm`` value (``corgrad``).
         display_name: its name in tables (``CorGrad``).
         transformation: the :mod:`corgrad_jax` call it makes, for the docs.
-        build: ``build(hparams, *, seed, total_steps)`` returns the transformation of the
-            stacked per-domain gradients (without Adam, and without the trainer's
-            sharding wrapper). ``seed`` seeds its random domain orders.
+        build: ``build(hparams, *, seed, total_steps, num_domains)`` returns the
+            transformation of the stacked per-domain gradients (without Adam, and
+            without the trainer's sharding wrapper). ``seed`` seeds its random domain
+            orders and draws; ``num_domains`` (D, the training domains) sizes the state
+            of the rules that keep some per pair of domains (GradVac, Nash-MTL).
         hparams: its own hyperparameters (the dataset's come from the dataset).
         torch_layout: it reads kernels in PyTorch's ``(out, in, kh, kw)`` layout (the
             official code's ``torch.chunk`` slices), and cuts rows of axis 0.

@@ -99,6 +99,7 @@ def model_and_optimizer(
     algorithm: str,
     hparams_json: str,
     steps: int,
+    num_domains: int,
     dtype: str = "float32",
 ) -> tuple[nn.Module, optax.GradientTransformation]:
     """The same objects for the same arguments, so that the runs of one process that
@@ -109,11 +110,13 @@ def model_and_optimizer(
     (``tests/experiments/test_algorithms.py`` checks it), so each run's seed enters
     through its initial state (``create_train_state(init_tx=...)``). ``steps`` is 0
     unless the algorithm depends on the run's length (CorGrad's decaying alpha).
-    ``dtype`` is the model's compute dtype.
+    ``num_domains`` is the number of training domains; ``dtype`` the model's compute
+    dtype.
     """
     hparams = json.loads(hparams_json)
     model = models.get_model(model_name, num_classes, hparams, dtype=dtype)
-    return model, build_optimizer(algorithm, hparams, seed=0, total_steps=max(steps, 2))
+    return model, build_optimizer(
+        algorithm, hparams, seed=0, total_steps=max(steps, 2), num_domains=num_domains)
 
 
 def build_model_and_optimizer(
@@ -128,6 +131,7 @@ def build_model_and_optimizer(
         config.algorithm,
         json.dumps(dict(hparams), sort_keys=True),
         config.steps if entry.uses_total_steps(hparams) else 0,
+        len(spec.train_envs(config.test_envs)),
         config.dtype,
     )
 
@@ -196,7 +200,9 @@ def run(
     except (ValueError, FileNotFoundError) as error:  # a bad folder, no dataset folder
         raise ConfigError(str(error)) from None
     model, tx = build_model_and_optimizer(config, spec, hparams)
-    init_tx = build_optimizer(config.algorithm, hparams, seed=config.seed, total_steps=config.steps)
+    init_tx = build_optimizer(
+        config.algorithm, hparams, seed=config.seed, total_steps=config.steps,
+        num_domains=len(spec.train_envs(config.test_envs)))
     init_key, dropout_root = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = None
     if config.pretrained is not None:

@@ -29,7 +29,12 @@ DIAGNOSTICS = ("modification_frequency", "modification_ratio", "dominant_fractio
 
 
 def build_algorithm(
-    algorithm: str | Algorithm, hparams: Mapping[str, Any], *, seed: int, total_steps: int
+    algorithm: str | Algorithm,
+    hparams: Mapping[str, Any],
+    *,
+    seed: int,
+    total_steps: int,
+    num_domains: int,
 ) -> optax.GradientTransformation:
     """The aggregation of stacked per-domain gradients of ``algorithm``, split over the
     trainer's mesh axes.
@@ -39,23 +44,30 @@ def build_algorithm(
         hparams: the run's hyperparameters.
         seed: seeds the algorithm's random domain orders.
         total_steps: the run's length (CorGrad's decaying alpha).
+        num_domains: the number of training domains D (GradVac's and Nash-MTL's state).
 
     Raises:
         ValueError: an unknown algorithm.
     """
     entry = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
-    inner = entry.build(hparams, seed=seed, total_steps=total_steps)
+    inner = entry.build(hparams, seed=seed, total_steps=total_steps, num_domains=num_domains)
     if entry.torch_layout:
         return in_torch_layout(corgrad_jax.partitioned(inner, MESH_AXES, keep_leading_axis=True))
     return corgrad_jax.partitioned(inner, MESH_AXES)
 
 
 def build_optimizer(
-    algorithm: str | Algorithm, hparams: Mapping[str, Any], *, seed: int, total_steps: int
+    algorithm: str | Algorithm,
+    hparams: Mapping[str, Any],
+    *,
+    seed: int,
+    total_steps: int,
+    num_domains: int,
 ) -> optax.GradientTransformation:
     """``optax.chain(algorithm, adam(lr))``, with PyTorch-Adam-style L2 weight decay
     (added to the aggregated gradient before Adam) when ``hparams["weight_decay"] > 0``."""
-    aggregate = build_algorithm(algorithm, hparams, seed=seed, total_steps=total_steps)
+    aggregate = build_algorithm(
+        algorithm, hparams, seed=seed, total_steps=total_steps, num_domains=num_domains)
     weight_decay = float(hparams.get("weight_decay", 0.0))
     decay = [optax.add_decayed_weights(weight_decay)] if weight_decay > 0 else []
     return optax.chain(aggregate, *decay, optax.adam(float(hparams["lr"])))

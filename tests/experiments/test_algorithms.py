@@ -34,7 +34,7 @@ def _grads(num_domains: int = 3, seed: int = 0) -> dict:
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_updates_param_shapes_and_reports_diagnostics(algorithm: str) -> None:
     hparams = default_hparams(algorithm, "RotatedMNIST")
-    tx = build_optimizer(algorithm, hparams, seed=0, total_steps=100)
+    tx = build_optimizer(algorithm, hparams, seed=0, total_steps=100, num_domains=3)
     updates, state = tx.update(_grads(), tx.init(PARAMS), PARAMS)
     chex_shapes = jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, PARAMS)
     assert chex_shapes
@@ -49,7 +49,8 @@ def test_every_algorithm_updates_param_shapes_and_reports_diagnostics(algorithm:
 
 def test_erm_is_the_mean_gradient_under_adam() -> None:
     grads = _grads()
-    tx = build_optimizer("erm", default_hparams("erm", "RotatedMNIST"), seed=0, total_steps=10)
+    tx = build_optimizer(
+        "erm", default_hparams("erm", "RotatedMNIST"), seed=0, total_steps=10, num_domains=3)
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
     reference = optax.adam(1e-3)
     mean = jax.tree.map(lambda g: g.mean(0), grads)
@@ -57,13 +58,14 @@ def test_erm_is_the_mean_gradient_under_adam() -> None:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected)
 
 
-@pytest.mark.parametrize("algorithm", ["pcgrad", "agr_rand", "corgrad", "corgrad_layer"])
+@pytest.mark.parametrize(
+    "algorithm", ["pcgrad", "agr_rand", "corgrad", "corgrad_layer", "grad_vac", "grad_drop"])
 def test_the_seed_only_enters_through_the_initial_state(algorithm: str) -> None:
     # experiments.train compiles the step once per algorithm with seed 0 and gives each
     # run its seed through the optimizer state; this holds iff update ignores the seed.
     hparams = default_hparams(algorithm, "RotatedMNIST")
-    seeded = build_algorithm(algorithm, hparams, seed=7, total_steps=100)
-    other = build_algorithm(algorithm, hparams, seed=0, total_steps=100)
+    seeded = build_algorithm(algorithm, hparams, seed=7, total_steps=100, num_domains=3)
+    other = build_algorithm(algorithm, hparams, seed=0, total_steps=100, num_domains=3)
     state = seeded.init(PARAMS)
     for step in range(3):
         grads = _grads(seed=step)
@@ -72,12 +74,13 @@ def test_the_seed_only_enters_through_the_initial_state(algorithm: str) -> None:
         jax.tree.map(np.testing.assert_array_equal, actual, expected)
         state = expected_state
     # ... and the seed matters: another initial state gives other domain orders.
-    if algorithm in ("agr_rand", "corgrad"):  # many pieces: some order matters
+    if algorithm in ("agr_rand", "corgrad", "grad_drop"):  # random: the seed matters
         grads = _grads(num_domains=4)
         results = [
             tx.update(grads, tx.init(PARAMS), PARAMS)[0]
             for tx in (
-                build_algorithm(algorithm, hparams, seed=s, total_steps=100) for s in range(3)
+                build_algorithm(algorithm, hparams, seed=s, total_steps=100, num_domains=4)
+                for s in range(3)
             )
         ]
         assert any(
@@ -89,16 +92,18 @@ def test_the_seed_only_enters_through_the_initial_state(algorithm: str) -> None:
 def test_corgrad_decays_alpha_over_the_run_and_official_keeps_it() -> None:
     hparams = default_hparams("corgrad", "RotatedMNIST")
     assert hparams["alpha_schedule"] == "log_decay"
-    tx = build_algorithm("corgrad", hparams, seed=0, total_steps=10)
+    tx = build_algorithm("corgrad", hparams, seed=0, total_steps=10, num_domains=4)
     constant = build_algorithm(
-        "corgrad", {**hparams, "alpha_schedule": "constant"}, seed=0, total_steps=10
+        "corgrad", {**hparams, "alpha_schedule": "constant"}, seed=0, total_steps=10,
+        num_domains=4,
     )
     state = tx.init(PARAMS)._replace(count=jnp.asarray(9))  # the last step: alpha = 0
     grads = jax.tree.map(lambda g: g.at[0].multiply(10.0), _grads(num_domains=4))  # dominant
     decayed, _ = tx.update(grads, state, PARAMS)
     kept, _ = constant.update(grads, state, PARAMS)
     fully_smoothed = build_algorithm(
-        "corgrad", {**hparams, "alpha": 0.0, "alpha_schedule": "constant"}, seed=0, total_steps=10
+        "corgrad", {**hparams, "alpha": 0.0, "alpha_schedule": "constant"}, seed=0,
+        total_steps=10, num_domains=4,
     ).update(grads, state, PARAMS)[0]
     jax.tree.map(np.testing.assert_array_equal, decayed, fully_smoothed)
     assert not np.array_equal(decayed["conv"]["kernel"], kept["conv"]["kernel"])
@@ -129,7 +134,7 @@ def test_in_torch_layout_slices_kernels_like_pytorch() -> None:
 
 def test_unknown_algorithm_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown algorithm 'sgd'"):
-        build_algorithm("sgd", {}, seed=0, total_steps=10)
+        build_algorithm("sgd", {}, seed=0, total_steps=10, num_domains=3)
 
 
 def test_the_registry_names_every_algorithm_once_without_importing_jax() -> None:

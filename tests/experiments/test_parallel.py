@@ -182,7 +182,7 @@ def test_domain_parallel_gradients_are_computed_and_kept_per_domain_group() -> N
         from experiments.models import get_model
         hparams = get_hparams("corgrad", "RotatedMNIST", hparams_seed=0, trial_seed=0)
         model = get_model("mnist_cnn", 10, hparams)
-        tx = build_optimizer("corgrad", hparams, seed=0, total_steps=10)
+        tx = build_optimizer("corgrad", hparams, seed=0, total_steps=10, num_domains=4)
         state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
         rng = np.random.default_rng(0)
         batch = {"x": rng.random((4, 8, 28, 28, 1), np.float32),
@@ -240,7 +240,8 @@ def test_the_partitioned_algorithm_moves_a_fraction_of_the_stacked_gradients() -
                     split if partitioned else lambda tx, *args, **kwargs: tx)
                 hparams = get_hparams(algorithm, "RotatedMNIST", hparams_seed=0, trial_seed=0)
                 model = get_model("mnist_cnn", 10, hparams)
-                tx = algorithms.build_optimizer(algorithm, hparams, seed=0, total_steps=10)
+                tx = algorithms.build_optimizer(algorithm, hparams, seed=0, total_steps=10,
+                                                num_domains=4)
                 state = trainer.create_train_state(jax.random.PRNGKey(0), model, tx,
                                                    (28, 28, 1))
                 plan = parallel.make_plan(num_domains=4, batch_size=8,
