@@ -223,7 +223,7 @@ def jacobians(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def pieces(shape: tuple[int, ...], granularity: str, num_slices: int) -> list[tuple[int, int]]:
-    """The library's paper slicing of a flattened leaf (SPEC, "Granularity")."""
+    """The library's paper slicing of a flattened leaf (docs/algorithm.md, Sec. 2)."""
     size = math.prod(shape)
     if granularity == "layer":
         return [(0, size)]

@@ -6,7 +6,7 @@ named function:
 1. *Layering and slicing* (Sec. 3.4, Fig. 1): :func:`~corgrad_jax._src.pieces.leaf_pieces`
    cuts each layer's per-domain gradient into pieces.
 2. *Piece Gram matrices*: :func:`~corgrad_jax._src.pieces.piece_gram`, one pass over the
-   data (SPEC, "A cheaper way to compute the same thing").
+   data (docs/algorithm.md, Sec. 8).
 3. *Projection of conflicting pieces* (Alg. 1, lines 3-7; eq. 13 with the squared norm):
    :func:`project_conflicts`, on coefficient arrays.
 4. *Smoothing of dominant gradients* (Alg. 1, lines 8-11): :func:`smooth_dominant`.
@@ -406,7 +406,7 @@ def corgrad(
         schedule of the step (e.g. :func:`log_decay_schedule`), or None for no
         smoothing. Injectable with :func:`optax.inject_hyperparams`.
       granularity: ``"model"`` (PCGrad, coarse), ``"layer"``, ``"slice"`` (CorGrad) or
-        ``"element"`` (fine), the SPEC's table.
+        ``"element"`` (fine); docs/algorithm.md, Sec. 2.
       shuffle: visit the other domains in a random order, drawn every step from a key
         kept in the state (so it works under Flax's ``TrainState.apply_gradients``).
         None means the variant's own choice: True for ``"paper"``, False (ascending) for

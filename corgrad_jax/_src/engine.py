@@ -2,7 +2,7 @@
 
 Most conflict rules combine each piece's per-domain gradients linearly, with
 coefficients that depend on the gradients only through their inner products. For a
-piece k (a part of a layer, SPEC "Granularity") with per-domain gradients
+piece k (a part of a layer, docs/algorithm.md, Sec. 2) with per-domain gradients
 :math:`g_1^k, \\dots, g_D^k` and Gram matrix :math:`G^k_{ab} = \\langle g_a^k, g_b^k\\rangle`,
 a *Gram rule* computes either
 
@@ -188,7 +188,8 @@ def gram_transformation(
 
     Args:
       rule: the rule.
-      granularity: ``"model"``, ``"layer"``, ``"slice"`` or ``"element"`` (SPEC).
+      granularity: ``"model"``, ``"layer"``, ``"slice"`` or ``"element"``
+        (docs/algorithm.md, Sec. 2).
       num_slices: slices per leaf at ``"slice"`` granularity.
       reduction: ``"sum"`` or ``"mean"`` over domains (see the module docstring).
       seed: seed of the PRNG key in the state.

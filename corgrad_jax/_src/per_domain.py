@@ -1,7 +1,7 @@
 """Per-domain losses and gradients, stacked on a leading axis.
 
 Three ways compute the same thing; which is fastest depends on the model and the
-backend (``benchmarks/bench_per_domain.py`` measures them):
+backend (``benchmarks/bench_train_step.py`` measures them in the trainer's step):
 
 * ``"loop"``: ``jax.value_and_grad`` per domain, unrolled at trace time (D static), then
   stacked. On a 2-core CPU it measured fastest for ResNet18 and the MNIST CNN: XLA

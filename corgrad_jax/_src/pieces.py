@@ -2,7 +2,7 @@
 
 Layering and slicing (the paper's Section 3.4, Figure 1) cut each leaf's flattened
 per-domain gradient into contiguous *pieces*. Every projected and smoothed gradient is a
-linear combination of the original per-domain pieces (SPEC, "A cheaper way"),
+linear combination of the original per-domain pieces (docs/algorithm.md, Sec. 8),
 
 .. math::  \\tilde g_i^k = \\sum_m c_{k,i,m}\\, g_m^k ,
 
@@ -101,7 +101,7 @@ class BlockPlan:
 def leaf_pieces(
     param_shape: Sequence[int], *, granularity: str, num_slices: int, variant: str
 ) -> LeafPieces:
-    """Layering and slicing of one leaf (SPEC, "Granularity").
+    """Layering and slicing of one leaf (docs/algorithm.md, Sec. 2).
 
     * ``model`` and ``layer``: one piece per leaf (``model`` then adds the leaves' Gram
       matrices into one piece for the whole model).
