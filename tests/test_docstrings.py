@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.agreement",
+MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.projection", "corgrad_jax._src.agreement",
            "corgrad_jax._src.dual_cone", "corgrad_jax._src.min_norm",
            "corgrad_jax._src.balancing", "corgrad_jax._src.grad_vac",
            "corgrad_jax._src.nash_mtl", "corgrad_jax._src.rules",

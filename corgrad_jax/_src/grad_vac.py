@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.corgrad import domain_orders
 from corgrad_jax._src.engine import (
     GramRule,
     RuleInputs,
@@ -28,6 +27,7 @@ from corgrad_jax._src.engine import (
     gram_transformation,
     state_dtype,
 )
+from corgrad_jax._src.projection import domain_orders
 
 
 def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any, eps: float
@@ -49,7 +49,7 @@ def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any,
     Args:
       gram: ``(K, D, D)`` Gram matrices.
       targets: ``(K, D, D)`` the targets :math:`\\hat\\phi_{ij}` (the diagonal is unused).
-      orders: ``(D - 1, D, D)`` one-hot orders (:func:`~corgrad_jax._src.corgrad.domain_orders`).
+      orders: ``(D - 1, D, D)`` one-hot orders (:func:`~corgrad_jax._src.projection.domain_orders`).
       beta: the EMA rate :math:`\\beta`.
       eps: :math:`\\epsilon` of the denominators.
 
