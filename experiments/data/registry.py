@@ -27,8 +27,9 @@ AUGMENTATIONS = ("device", "host")
 """Where a dataset read from image files is augmented (:func:`load_dataset`)."""
 
 Loader = Callable[..., EnvironmentSplits]
-"""``load(spec, data_dir, *, test_envs, holdout_fraction, trial_seed, batch_size, seed,
-augmentation)``."""
+"""``load(spec, data_dir, *, test_envs, holdout_fraction, trial_seed, batch_size, seed)``,
+and ``augmentation`` for a dataset read from image files
+(:meth:`DatasetSpec.reads_image_files`)."""
 
 SMALL_IMAGE_HPARAMS: HParamSpecs = {
     "lr": HParam(1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)), POSITIVE),
@@ -125,7 +126,6 @@ register = DATASETS.register
 
 def _load_mnist(spec: DatasetSpec, data_dir: str | None, **options: Any) -> EnvironmentSplits:
     del data_dir
-    options.pop("augmentation", None)  # in memory, not augmented
     return mnist.load_mnist_environments(spec.name, **options)
 
 
@@ -247,6 +247,7 @@ def load_dataset(
     """
     test_envs = tuple(test_envs)
     spec.check_test_envs(test_envs)
+    images = {"augmentation": augmentation} if spec.reads_image_files else {}
     return spec.load(
         spec,
         data_dir,
@@ -255,5 +256,5 @@ def load_dataset(
         trial_seed=trial_seed,
         batch_size=batch_size,
         seed=seed,
-        augmentation=augmentation,
+        **images,
     )

@@ -47,7 +47,7 @@ def registered() -> Iterator[None]:
         name="damped_mean",
         display_name="Damped mean",
         transformation="mean_gradients() scaled by damping",
-        build=lambda hparams, *, seed, total_steps: optax.chain(
+        build=lambda hparams, *, seed, total_steps, num_domains: optax.chain(
             corgrad_jax.mean_gradients(), optax.scale(float(hparams["damping"]))),
         hparams={"damping": HParam(0.5, lambda r: float(r.uniform(0.1, 1.0)), PROBABILITY)},
     ))
