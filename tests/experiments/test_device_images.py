@@ -427,8 +427,9 @@ def small_folder_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
     loader = folder.load_folder_dataset
     monkeypatch.setattr(folder, "load_folder_dataset", lambda *args, **kwargs: loader(
         *args, **{**kwargs, "resolution": 16, "cache_dir": str(tmp_path / "cache")}))
-    models.register(models.Model(name="tiny_linear",
-                                 build=lambda num_classes, hparams: _TinyLinear(num_classes)))
+    models.register(models.Model(
+        name="tiny_linear",
+        build=lambda num_classes, hparams, *, dtype: _TinyLinear(num_classes)))
     model_and_optimizer.cache_clear()
     try:
         yield root
