@@ -42,6 +42,25 @@ def _pieces(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {"granularity": str(hparams["granularity"]), "num_slices": int(hparams["num_slices"])}
 
 
+def _register_gram_rule(name: str, display_name: str, reference: str) -> None:
+    """Registers the :mod:`corgrad_jax` Gram rule ``name`` with only the :data:`PIECES`
+    hparams (its own options at their defaults, the authors')."""
+
+    def build(hparams: Mapping[str, Any], *, seed: int, total_steps: int, num_domains: int
+              ) -> Any:
+        del seed, total_steps, num_domains
+        return getattr(library(), name)(**_pieces(hparams))
+
+    register(Algorithm(
+        name=name,
+        display_name=display_name,
+        transformation=f"{name}(granularity=, num_slices=)",
+        build=build,
+        hparams=PIECES,
+        reference=reference,
+    ))
+
+
 def _alpha(hparams: Mapping[str, Any], total_steps: int) -> Any:
     """``alpha`` as a float, or its log decay over ``total_steps`` (Sec. 3.6)."""
     alpha = float(hparams["alpha"])
@@ -134,33 +153,12 @@ register(Algorithm(
     torch_layout=True,
     reference="libzwo/CorGrad's correct_grad, bug for bug (docs/algorithm.md, Sec. 6)",
 ))
-register(Algorithm(
-    name="upgrad",
-    display_name="UPGrad",
-    transformation="upgrad(granularity=, num_slices=)",
-    build=lambda hparams, *, seed, total_steps, num_domains: library().upgrad(
-        **_pieces(hparams)),
-    hparams=PIECES,
-    reference="Quinton & Rey 2024: the mean of the projections onto the dual cone",
-))
-register(Algorithm(
-    name="dual_proj",
-    display_name="DualProj",
-    transformation="dual_proj(granularity=, num_slices=)",
-    build=lambda hparams, *, seed, total_steps, num_domains: library().dual_proj(
-        **_pieces(hparams)),
-    hparams=PIECES,
-    reference="Lopez-Paz & Ranzato 2017 (GEM's projection); torchjd's DualProj",
-))
-register(Algorithm(
-    name="mgda",
-    display_name="MGDA",
-    transformation="mgda(granularity=, num_slices=)",
-    build=lambda hparams, *, seed, total_steps, num_domains: library().mgda(
-        **_pieces(hparams)),
-    hparams=PIECES,
-    reference="Sener & Koltun 2018: the min-norm point of the convex hull",
-))
+_register_gram_rule("upgrad", "UPGrad",
+                    "Quinton & Rey 2024: the mean of the projections onto the dual cone")
+_register_gram_rule("dual_proj", "DualProj",
+                    "Lopez-Paz & Ranzato 2017 (GEM's projection); torchjd's DualProj")
+_register_gram_rule("mgda", "MGDA",
+                    "Sener & Koltun 2018: the min-norm point of the convex hull")
 register(Algorithm(
     name="cagrad",
     display_name="CAGrad",
@@ -174,33 +172,12 @@ register(Algorithm(
     },
     reference="Liu et al. 2021 (c = 0.4, their multi-task default)",
 ))
-register(Algorithm(
-    name="imtl_g",
-    display_name="IMTL-G",
-    transformation="imtl_g(granularity=, num_slices=)",
-    build=lambda hparams, *, seed, total_steps, num_domains: library().imtl_g(
-        **_pieces(hparams)),
-    hparams=PIECES,
-    reference="Liu et al. 2021: equal projections on every unit domain gradient",
-))
-register(Algorithm(
-    name="aligned_mtl",
-    display_name="Aligned-MTL",
-    transformation="aligned_mtl(granularity=, num_slices=)",
-    build=lambda hparams, *, seed, total_steps, num_domains: library().aligned_mtl(
-        **_pieces(hparams)),
-    hparams=PIECES,
-    reference="Senushkin et al. 2023 (scale mode min)",
-))
-register(Algorithm(
-    name="con_fig",
-    display_name="ConFIG",
-    transformation="con_fig(granularity=, num_slices=)",
-    build=lambda hparams, *, seed, total_steps, num_domains: library().con_fig(
-        **_pieces(hparams)),
-    hparams=PIECES,
-    reference="Liu et al. 2024: the direction of equal cosines, scaled",
-))
+_register_gram_rule("imtl_g", "IMTL-G",
+                    "Liu et al. 2021: equal projections on every unit domain gradient")
+_register_gram_rule("aligned_mtl", "Aligned-MTL",
+                    "Senushkin et al. 2023 (scale mode min)")
+_register_gram_rule("con_fig", "ConFIG",
+                    "Liu et al. 2024: the direction of equal cosines, scaled")
 register(Algorithm(
     name="grad_vac",
     display_name="GradVac",
