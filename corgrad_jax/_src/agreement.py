@@ -10,7 +10,7 @@ over the whole model, and ``dominant_fraction`` is 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,28 @@ def _masked_diagnostics(
     return base.Diagnostics(frequency, ratio, jnp.zeros((), jnp.float32))
 
 
+LeafRule = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+"""``(stacked (D, *shape), key) -> (reference, update, changed)`` of one leaf: the plain
+sum or mean it departs from, its update and the components it changed."""
+
+
+def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str
+                  ) -> optax.GradientTransformationExtraArgs:
+    """A stacked-gradient transformation that applies ``leaf_rule`` leaf by leaf (each
+    leaf with its own key) and reports :func:`_masked_diagnostics`."""
+
+    def aggregate(
+        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
+    ) -> tuple[list[jax.Array], base.Diagnostics]:
+        del state
+        keys = jax.random.split(key, len(leaves))
+        results = [leaf_rule(leaf, leaf_key) for leaf, leaf_key in zip(leaves, keys, strict=True)]
+        totals, updates, changed = ([r[i] for r in results] for i in range(3))
+        return updates, _masked_diagnostics(totals, updates, changed)
+
+    return base.stacked_transformation(aggregate, seed=seed, name=name)
+
+
 def agreement_sum() -> optax.GradientTransformationExtraArgs:
     r"""Agr-Sum (Mansilla et al. 2021): sum the components whose signs all agree.
 
@@ -54,16 +76,12 @@ def agreement_sum() -> optax.GradientTransformationExtraArgs:
       ICCV 2021.
     """
 
-    def aggregate(
-        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
-    ) -> tuple[list[jax.Array], base.Diagnostics]:
-        del state, key
-        totals = [base.domain_sum(leaf) for leaf in leaves]
-        masks = [_agreement_mask(leaf) for leaf in leaves]
-        updates = [jnp.where(m, t, 0) for m, t in zip(masks, totals, strict=True)]
-        return updates, _masked_diagnostics(totals, updates, [~m for m in masks])
+    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        del key
+        total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
+        return total, jnp.where(mask, total, 0), ~mask
 
-    return base.stacked_transformation(aggregate, seed=0, name="agreement_sum")
+    return _element_rule(leaf_rule, seed=0, name="agreement_sum")
 
 
 def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
@@ -80,25 +98,15 @@ def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
       (Array(3., dtype=float32), Array(4., dtype=float32))
     """
 
-    def aggregate(
-        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
-    ) -> tuple[list[jax.Array], base.Diagnostics]:
-        del state
-        keys = jax.random.split(key, len(leaves))
-        totals, updates, changed = [], [], []
-        for leaf, leaf_key in zip(leaves, keys, strict=True):
-            total = base.domain_sum(leaf)
-            mask = _agreement_mask(leaf)
-            count = mask.sum()
-            scale = jnp.where(count > 0, jnp.abs(jnp.where(mask, total, 0)).sum()
-                              / jnp.maximum(count, 1), 0)
-            noise = scale * jax.random.normal(leaf_key, total.shape, total.dtype)
-            totals.append(total)
-            updates.append(jnp.where(mask, total, noise))
-            changed.append(~mask)
-        return updates, _masked_diagnostics(totals, updates, changed)
+    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
+        count = mask.sum()
+        scale = jnp.where(count > 0, jnp.abs(jnp.where(mask, total, 0)).sum()
+                          / jnp.maximum(count, 1), 0)
+        noise = scale * jax.random.normal(key, total.shape, total.dtype)
+        return total, jnp.where(mask, total, noise), ~mask
 
-    return base.stacked_transformation(aggregate, seed=seed, name="agreement_rand")
+    return _element_rule(leaf_rule, seed=seed, name="agreement_rand")
 
 
 def and_mask(threshold: float = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -125,23 +133,16 @@ def and_mask(threshold: float = 1.0) -> optax.GradientTransformationExtraArgs:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}.")
 
-    def aggregate(
-        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
-    ) -> tuple[list[jax.Array], base.Diagnostics]:
-        del state, key
-        totals, updates, changed = [], [], []
-        for leaf in leaves:
-            num_domains = leaf.shape[0]
-            mean = base.domain_sum(leaf) / num_domains
-            agreement = jnp.abs(base.domain_sum(jnp.sign(leaf)) / num_domains)
-            mask = agreement >= threshold
-            kept = mask.mean(dtype=mean.dtype)
-            totals.append(mean)
-            updates.append(jnp.where(mask, mean, 0) / (1e-10 + kept))
-            changed.append(~mask)
-        return updates, _masked_diagnostics(totals, updates, changed)
+    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        del key
+        num_domains = leaf.shape[0]
+        mean = base.domain_sum(leaf) / num_domains
+        agreement = jnp.abs(base.domain_sum(jnp.sign(leaf)) / num_domains)
+        mask = agreement >= threshold
+        kept = mask.mean(dtype=mean.dtype)
+        return mean, jnp.where(mask, mean, 0) / (1e-10 + kept), ~mask
 
-    return base.stacked_transformation(aggregate, seed=0, name="and_mask")
+    return _element_rule(leaf_rule, seed=0, name="and_mask")
 
 
 def mean_gradients() -> optax.GradientTransformationExtraArgs:
@@ -238,26 +239,17 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
     if any(not 0.0 <= x <= 1.0 for x in values):
         raise ValueError(f"leak must lie in [0, 1], got {leak}.")
 
-    def aggregate(
-        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
-    ) -> tuple[list[jax.Array], base.Diagnostics]:
-        del state
-        num_domains = leaves[0].shape[0]
+    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        num_domains = leaf.shape[0]
         if leaks.shape[0] not in (1, num_domains):
             raise ValueError(f"grad_drop got {leaks.shape[0]} leaks for D={num_domains} "
                              "domains; pass one float or one per domain.")
-        keys = jax.random.split(key, len(leaves))
-        totals, updates, changed = [], [], []
-        for leaf, leaf_key in zip(leaves, keys, strict=True):
-            uniform = jax.random.uniform(leaf_key, leaf.shape[1:], leaf.dtype)
-            leak_per_domain = jnp.broadcast_to(leaks.astype(leaf.dtype), (num_domains,))
-            update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
-            totals.append(base.domain_sum(leaf))
-            updates.append(update)
-            changed.append(dropped)
-        return updates, _masked_diagnostics(totals, updates, changed)
+        uniform = jax.random.uniform(key, leaf.shape[1:], leaf.dtype)
+        leak_per_domain = jnp.broadcast_to(leaks.astype(leaf.dtype), (num_domains,))
+        update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
+        return base.domain_sum(leaf), update, dropped
 
-    return base.stacked_transformation(aggregate, seed=seed, name="grad_drop")
+    return _element_rule(leaf_rule, seed=seed, name="grad_drop")
 
 
 def sand_mask_update(stacked: jax.Array, tau: jax.Array | float, k: jax.Array | float
@@ -319,16 +311,9 @@ def sand_mask(tau: float = 0.5, k: float = 10.0) -> optax.GradientTransformation
         if not 0.0 <= number <= high:
             raise ValueError(f"{name} must lie in [0, {high}], got {value}.")
 
-    def aggregate(
-        leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
-    ) -> tuple[list[jax.Array], base.Diagnostics]:
-        del state, key
-        totals, updates, changed = [], [], []
-        for leaf in leaves:
-            update, masked = sand_mask_update(leaf, tau, k)
-            totals.append(base.domain_sum(leaf) / leaf.shape[0])
-            updates.append(update)
-            changed.append(masked)
-        return updates, _masked_diagnostics(totals, updates, changed)
+    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        del key
+        update, masked = sand_mask_update(leaf, tau, k)
+        return base.domain_sum(leaf) / leaf.shape[0], update, masked
 
-    return base.stacked_transformation(aggregate, seed=0, name="sand_mask")
+    return _element_rule(leaf_rule, seed=0, name="sand_mask")
