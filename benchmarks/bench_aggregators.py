@@ -13,10 +13,13 @@ of this one run, against
 
 The Gram rules (projection, dual-cone, min-norm and spectral rules) share one engine,
 so the table mostly measures it: the Gram pass, the rule on ``(pieces, D, D)`` arrays,
-the combine pass. ``compile`` is the first call of the jitted update.
+the combine pass. ``compile`` is the first call of the jitted update. ``jit`` says how it
+was compiled: by ``jax.jit`` as it is (``default``), or with ``cg.compiler_options()``
+(``reassociate``: XLA may reorder float sums; NaN, Inf, division and functions stay
+exact).
 
 Run: ``python benchmarks/bench_aggregators.py [--domains 3 5] [--granularities layer
-slice element] [--rules upgrad mgda ...] [--repeats 11]``
+slice element] [--rules upgrad mgda ...] [--repeats 11] [--jit default reassociate]``
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import optax
 import corgrad_jax as cg
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_corgrad import compiled_update, stacked_resnet  # noqa: E402
+from bench_corgrad import JITS, compiled_update, stacked_resnet  # noqa: E402
 from common import (  # noqa: E402
     floor_warnings,
     interleaved_medians,
@@ -69,12 +72,14 @@ FLOOR = "floor"
 # one Newton system per parameter: not run there unless asked by name.
 SLOW_AT_ELEMENT = ("grad_vac", "nash_mtl", "mgda (exact)")
 
-Row = tuple[str, str, int, float, float, float, float]
+Row = tuple[str, str, str, int, float, float, float, float]
 
 
 def measure(rules: dict[str, GramFactory], granularities: list[str], elementwise: list[str],
-            num_domains: int, repeats: int, named: set[str]) -> list[Row]:
-    """``(rule, granularity, D, seconds, x floor, x ERM, compile seconds)`` rows."""
+            num_domains: int, repeats: int, named: set[str], jit: str = "default"
+            ) -> list[Row]:
+    """``(rule, granularity, jit, D, seconds, x floor, x ERM, compile seconds)`` rows, every
+    update (the ERM mean's too) compiled as ``jit`` says."""
     shapes = resnet18_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
     flat, floor = memory_floor(num_domains, total)
@@ -88,16 +93,17 @@ def measure(rules: dict[str, GramFactory], granularities: list[str], elementwise
                 continue
             key = (name, granularity)
             runs[key], compile_times[key] = compiled_update(
-                factory(num_domains, granularity), grads, params)
+                factory(num_domains, granularity), grads, params, jit)
     for name in elementwise:
         key = (name, "element")
-        runs[key], compile_times[key] = compiled_update(ELEMENTWISE[name](), grads, params)
+        runs[key], compile_times[key] = compiled_update(ELEMENTWISE[name](), grads, params,
+                                                        jit)
     runs[(ERM, "-")], compile_times[(ERM, "-")] = compiled_update(cg.mean_gradients(), grads,
-                                                                  params)
+                                                                  params, jit)
     runs[(FLOOR, "-")] = floor
     medians = interleaved_medians(runs, repeats)
     floor_time, erm_time = medians[(FLOOR, "-")], medians[(ERM, "-")]
-    return [(name, granularity, num_domains, seconds, seconds / floor_time,
+    return [(name, granularity, jit, num_domains, seconds, seconds / floor_time,
              seconds / erm_time, compile_times.get((name, granularity), 0.0))
             for (name, granularity), seconds in medians.items()]
 
@@ -109,6 +115,9 @@ def main() -> None:
     parser.add_argument("--rules", nargs="+", default=None,
                         help="names of GRAM_RULES and ELEMENTWISE rules (default: all)")
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--jit", nargs="+", choices=JITS, default=list(JITS),
+                        help="compilations to time, each in its own interleaved rounds "
+                             "(default: both)")
     args = parser.parse_args()
     named = set(args.rules or [])
     rules = {k: v for k, v in GRAM_RULES.items() if not named or k in named}
@@ -117,19 +126,20 @@ def main() -> None:
     print(f"ResNet18, float32, {jax.devices()[0].platform}, jax {jax.__version__}, "
           f"XLA_FLAGS={flags!r}\n")
     rows: list[Row] = []
-    for num_domains in args.domains:
-        rows += measure(rules, args.granularities, elementwise, num_domains, args.repeats,
-                        named)
-    print("| rule | granularity | D | time (ms) | x floor | x ERM mean | compile (s) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, granularity, num_domains, seconds, ratio, erm_ratio, compile_time in rows:
+    for jit in args.jit:
+        for num_domains in args.domains:
+            rows += measure(rules, args.granularities, elementwise, num_domains, args.repeats,
+                            named, jit)
+    print("| rule | granularity | jit | D | time (ms) | x floor | x ERM mean | compile (s) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name, granularity, jit, num_domains, seconds, ratio, erm_ratio, compile_time in rows:
         compile_cell = f"{compile_time:.1f}" if compile_time else "-"
-        print(f"| {name} | {granularity} | {num_domains} | {seconds * 1e3:.1f} | {ratio:.2f} | "
-              f"{erm_ratio:.2f} | {compile_cell} |")
+        print(f"| {name} | {granularity} | {jit} | {num_domains} | {seconds * 1e3:.1f} | "
+              f"{ratio:.2f} | {erm_ratio:.2f} | {compile_cell} |")
     print()
     for num_domains in args.domains:
         print(f"D={num_domains}: two-pass limit {two_pass_limit(num_domains):.2f}x the floor")
-        ratios = {f"{n} ({g})": r for n, g, d, _, r, _, _ in rows if d == num_domains}
+        ratios = {f"{n} ({g}, {j})": r for n, g, j, d, _, r, _, _ in rows if d == num_domains}
         for line in floor_warnings(ratios):
             print(f"D={num_domains}: {line}")
 

@@ -14,7 +14,12 @@ ratio divides two times measured in this one run.
   once, ``(2D + 1) / (D + 1)`` floors (1.75x at D=3, 1.83x at D=5);
 * compile: the first call of the jitted update (tracing + XLA compile).
 
-Run: ``python benchmarks/bench_corgrad.py [--domains 3 5] [--repeats 15]``
+Every method is timed twice, compiled by ``jax.jit`` as it is (``default``) and with
+``cg.compiler_options()`` (``reassociate``: XLA may reorder float sums, so the Gram
+pass can use SIMD lanes; NaN, Inf, division and functions stay exact).
+
+Run: ``python benchmarks/bench_corgrad.py [--domains 3 5] [--repeats 15]
+[--jit default reassociate]``
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,12 +61,17 @@ def stacked_resnet(flat: list[np.ndarray], shapes: list[tuple[int, ...]]) -> dic
     return grads
 
 
-def compiled_update(tx: optax.GradientTransformation, grads: dict, params: dict | None = None
-                    ) -> tuple[Callable[[], object], float]:
+JITS = ("default", "reassociate")
+
+
+def compiled_update(tx: optax.GradientTransformation, grads: dict, params: dict | None = None,
+                    jit: str = "default") -> tuple[Callable[[], object], float]:
     """A callable running one jitted update, and its first call's time (the compile).
-    ``params`` (arrays of the parameters' shapes) size the state of stateful rules."""
+    ``params`` (arrays of the parameters' shapes) size the state of stateful rules;
+    ``jit="reassociate"`` compiles with :func:`corgrad_jax.compiler_options`."""
     state = tx.init(params)
-    update = jax.jit(tx.update)
+    options = cg.compiler_options() if jit == "reassociate" else None
+    update = jax.jit(tx.update, compiler_options=options)
     start = time.perf_counter()
     jax.block_until_ready(update(grads, state))
     compile_time = time.perf_counter() - start
@@ -71,22 +81,28 @@ def compiled_update(tx: optax.GradientTransformation, grads: dict, params: dict 
 
 
 def measure(methods: dict[str, Callable[[], optax.GradientTransformation]],
-            num_domains: int, repeats: int) -> list[tuple[str, float, float, float, float]]:
-    """Rows ``(name, seconds, x floor, x ERM mean, compile seconds)`` for one D; the
-    floor and ERM rows come last."""
+            num_domains: int, repeats: int, jits: Sequence[str] = ("default",)
+            ) -> list[tuple[str, float, float, float, float]]:
+    """Rows ``(name, seconds, x floor, x ERM mean, compile seconds)`` for one D, every
+    method once per compilation in ``jits`` (named ``"method [jit]"`` when there are
+    several); the floor and ERM rows come last."""
     shapes = resnet18_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
     flat, floor = memory_floor(num_domains, total)
     grads = stacked_resnet(flat, shapes)
-    runs, compile_times = {}, {}
+    runs, compile_times, order = {}, {}, []
     for name, factory in {**methods, ERM: cg.mean_gradients}.items():
-        runs[name], compile_times[name] = compiled_update(factory(), grads)
+        for jit in jits:
+            label = name if len(jits) == 1 else f"{name} [{jit}]"
+            runs[label], compile_times[label] = compiled_update(factory(), grads, jit=jit)
+            order.append(label)
     runs[FLOOR] = floor
     medians = interleaved_medians(runs, repeats)
+    erm = ERM if len(jits) == 1 else f"{ERM} [{jits[0]}]"
     rows = []
-    for name in [*methods, ERM, FLOOR]:
+    for name in [*order, FLOOR]:
         seconds = medians[name]
-        rows.append((name, seconds, seconds / medians[FLOOR], seconds / medians[ERM],
+        rows.append((name, seconds, seconds / medians[FLOOR], seconds / medians[erm],
                      compile_times.get(name, 0.0)))
     return rows
 
@@ -112,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--jit", nargs="+", choices=JITS, default=list(JITS),
+                        help="compilations to time (default: both)")
     args = parser.parse_args()
     shapes = resnet18_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
@@ -123,7 +141,7 @@ def main() -> None:
         "corgrad (layer)": lambda: cg.corgrad(10, None, granularity="layer"),
         "pcgrad (model)": lambda: cg.pcgrad(),
     }
-    print_table({d: measure(methods, d, args.repeats) for d in args.domains})
+    print_table({d: measure(methods, d, args.repeats, args.jit) for d in args.domains})
 
 
 if __name__ == "__main__":

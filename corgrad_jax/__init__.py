@@ -21,6 +21,7 @@ from corgrad_jax._src.balancing import con_fig as con_fig
 from corgrad_jax._src.balancing import imtl_g as imtl_g
 from corgrad_jax._src.base import Diagnostics as Diagnostics
 from corgrad_jax._src.base import StackedGradientState as StackedGradientState
+from corgrad_jax._src.compiling import compiler_options as compiler_options
 from corgrad_jax._src.corgrad import corgrad as corgrad
 from corgrad_jax._src.corgrad import log_decay_schedule as log_decay_schedule
 from corgrad_jax._src.corgrad import pcgrad as pcgrad
@@ -52,6 +53,7 @@ __all__ = [
     "aligned_mtl",
     "and_mask",
     "cagrad",
+    "compiler_options",
     "con_fig",
     "contiguous_split",
     "corgrad",
