@@ -33,7 +33,7 @@ from corgrad_jax._src.engine import (
     gram_transformation,
     state_dtype,
 )
-from corgrad_jax._src.solvers import solve_on_subsets
+from corgrad_jax._src.solvers import inner, matvec, solve_on_subsets
 
 # Newton stops when the squared decrement is below this; a ridge keeps G regular.
 _DECREMENT2 = {jnp.dtype(jnp.float32): 1e-10, jnp.dtype(jnp.float64): 1e-24}
@@ -63,11 +63,11 @@ def bargaining_weights(gram: jax.Array, start: jax.Array, max_iters: int
     def step(carry: tuple[jax.Array, jax.Array, jax.Array]
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
         alpha, done, iteration = carry
-        gradient = (gram * alpha[:, None, :]).sum(-1) - 1 / alpha
+        gradient = matvec(gram, alpha) - 1 / alpha
         hessian = gram + jax.vmap(jnp.diag)(1 / alpha**2)
         newton, _ = solve_on_subsets(hessian, everything, gradient[..., None], floor)
         newton = newton[..., 0]
-        decrement2 = jnp.maximum((gradient * newton).sum(-1), 0)
+        decrement2 = jnp.maximum(inner(gradient, newton), 0)
         decrement = jnp.sqrt(decrement2)
         size = jnp.where(decrement > 0.25, 1 / (1 + decrement), 1.0)
         moved = alpha - size[:, None] * newton
