@@ -10,6 +10,7 @@ over the whole model, and ``dominant_fraction`` is 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -36,22 +37,37 @@ def _masked_diagnostics(
     return base.Diagnostics(frequency, ratio, jnp.zeros((), jnp.float32))
 
 
-LeafRule = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
-"""``(stacked (D, *shape), key) -> (reference, update, changed)`` of one leaf: the plain
-sum or mean it departs from, its update and the components it changed."""
+LeafRule = Callable[[jax.Array, jax.Array | None], tuple[jax.Array, jax.Array, jax.Array]]
+"""``(stacked (D, *shape), draws) -> (reference, update, changed)`` of one leaf: the plain
+sum or mean it departs from, its update and the components it changed; ``draws`` are the
+leaf's random numbers (``shape``), None for a deterministic rule."""
+
+Draw = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+"""``(key, shape, dtype) -> array``, e.g. :func:`jax.random.uniform`."""
 
 
-def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str
+def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str, draw: Draw | None = None
                   ) -> optax.GradientTransformationExtraArgs:
-    """A stacked-gradient transformation that applies ``leaf_rule`` leaf by leaf (each
-    leaf with its own key) and reports :func:`_masked_diagnostics`."""
+    """A stacked-gradient transformation that applies ``leaf_rule`` leaf by leaf and
+    reports :func:`_masked_diagnostics`.
+
+    A random rule gets ``draw``'s numbers for every component of the model from one
+    call, cut into the leaves: one random-bit generator in the compiled program instead
+    of one per leaf (62 for ResNet18 made GradDrop compile for 7 to 8 s)."""
 
     def aggregate(
         leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
     ) -> tuple[list[jax.Array], base.Diagnostics]:
         del state
-        keys = jax.random.split(key, len(leaves))
-        results = [leaf_rule(leaf, leaf_key) for leaf, leaf_key in zip(leaves, keys, strict=True)]
+        draws: list[jax.Array | None] = [None] * len(leaves)
+        if draw is not None:
+            sizes = [math.prod(leaf.shape[1:]) for leaf in leaves]
+            every = draw(key, (sum(sizes),), jnp.result_type(*leaves))
+            bounds = np.cumsum([0, *sizes])
+            draws = [every[start:stop].reshape(leaf.shape[1:]).astype(leaf.dtype)
+                     for start, stop, leaf in zip(bounds[:-1], bounds[1:], leaves, strict=True)]
+        results = [leaf_rule(leaf, leaf_draws)
+                   for leaf, leaf_draws in zip(leaves, draws, strict=True)]
         totals, updates, changed = ([r[i] for r in results] for i in range(3))
         return updates, _masked_diagnostics(totals, updates, changed)
 
@@ -76,8 +92,9 @@ def agreement_sum() -> optax.GradientTransformationExtraArgs:
       ICCV 2021.
     """
 
-    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        del key
+    def leaf_rule(leaf: jax.Array, draws: jax.Array | None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        del draws
         total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
         return total, jnp.where(mask, total, 0), ~mask
 
@@ -98,15 +115,16 @@ def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
       (Array(3., dtype=float32), Array(4., dtype=float32))
     """
 
-    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def leaf_rule(leaf: jax.Array, normal: jax.Array | None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        assert normal is not None
         total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
         count = mask.sum()
         scale = jnp.where(count > 0, jnp.abs(jnp.where(mask, total, 0)).sum()
                           / jnp.maximum(count, 1), 0)
-        noise = scale * jax.random.normal(key, total.shape, total.dtype)
-        return total, jnp.where(mask, total, noise), ~mask
+        return total, jnp.where(mask, total, scale * normal), ~mask
 
-    return _element_rule(leaf_rule, seed=seed, name="agreement_rand")
+    return _element_rule(leaf_rule, seed=seed, name="agreement_rand", draw=jax.random.normal)
 
 
 def and_mask(threshold: float = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -133,8 +151,9 @@ def and_mask(threshold: float = 1.0) -> optax.GradientTransformationExtraArgs:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}.")
 
-    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        del key
+    def leaf_rule(leaf: jax.Array, draws: jax.Array | None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        del draws
         num_domains = leaf.shape[0]
         mean = base.domain_sum(leaf) / num_domains
         agreement = jnp.abs(base.domain_sum(jnp.sign(leaf)) / num_domains)
@@ -239,17 +258,18 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
     if any(not 0.0 <= x <= 1.0 for x in values):
         raise ValueError(f"leak must lie in [0, 1], got {leak}.")
 
-    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def leaf_rule(leaf: jax.Array, uniform: jax.Array | None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        assert uniform is not None
         num_domains = leaf.shape[0]
         if leaks.shape[0] not in (1, num_domains):
             raise ValueError(f"grad_drop got {leaks.shape[0]} leaks for D={num_domains} "
                              "domains; pass one float or one per domain.")
-        uniform = jax.random.uniform(key, leaf.shape[1:], leaf.dtype)
         leak_per_domain = jnp.broadcast_to(leaks.astype(leaf.dtype), (num_domains,))
         update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
         return base.domain_sum(leaf), update, dropped
 
-    return _element_rule(leaf_rule, seed=seed, name="grad_drop")
+    return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=jax.random.uniform)
 
 
 def sand_mask_update(stacked: jax.Array, tau: jax.Array | float, k: jax.Array | float
@@ -311,8 +331,9 @@ def sand_mask(tau: float = 0.5, k: float = 10.0) -> optax.GradientTransformation
         if not 0.0 <= number <= high:
             raise ValueError(f"{name} must lie in [0, {high}], got {value}.")
 
-    def leaf_rule(leaf: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        del key
+    def leaf_rule(leaf: jax.Array, draws: jax.Array | None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        del draws
         update, masked = sand_mask_update(leaf, tau, k)
         return base.domain_sum(leaf) / leaf.shape[0], update, masked
 
