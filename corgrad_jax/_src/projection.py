@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from corgrad_jax._src.solvers import inner, matvec
+
 Coefficients = jax.Array
 """``coeffs[k, i, m]``: weight of domain m's original piece k in domain i's current piece.
 Shape ``(num_pieces, D, D)``; the Gram matrices have the same shape."""
@@ -45,11 +47,10 @@ _CONFLICT_EPS = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
 def _bilinear(u: jax.Array, gram: jax.Array, v: jax.Array) -> jax.Array:
     """``u G v^T`` per piece and domain: ``u, v`` are ``(K, D', D)``, ``gram`` ``(K, D, D)``.
 
-    The inner product of two combinations of the original pieces. Written as
-    broadcasts and sums over the short minor axis, which fuse on every backend.
+    The inner product of two combinations of the original pieces, as explicit
+    multiply-adds over the short domain axis (:func:`~corgrad_jax._src.solvers.matvec`).
     """
-    gv = (gram[:, None, :, :] * v[:, :, None, :]).sum(-1)  # (K, D', D)
-    return (u * gv).sum(-1)
+    return inner(u, matvec(gram[:, None], v))
 
 
 def domain_orders(num_domains: int, key: jax.Array, *, shuffle: bool) -> jax.Array:
@@ -111,18 +112,18 @@ def project_conflicts(
     def project(current: jax.Array, reference: jax.Array, onehot: jax.Array,
                 rows: jax.Array) -> jax.Array:
         nonlocal conflicts, ratio_sum
-        inner = _bilinear(current, gram, reference)
+        product = _bilinear(current, gram, reference)
         reference2 = _bilinear(reference, gram, reference)
         current2 = _bilinear(current, gram, current)
-        original_i2 = (original2[:, None, :] * rows).sum(-1)
-        original_j2 = (original2[:, None, :] * onehot).sum(-1)
+        original_i2 = inner(original2[:, None, :], rows)
+        original_j2 = inner(original2[:, None, :], onehot)
         nonzero = reference2 > rtol**2 * original_j2
-        conflict = (inner < -eps * jnp.sqrt(original_i2 * original_j2)) & nonzero
+        conflict = (product < -eps * jnp.sqrt(original_i2 * original_j2)) & nonzero
         safe_reference2 = jnp.where(conflict, reference2, 1)
-        step = jnp.where(conflict, inner / safe_reference2, 0)
+        step = jnp.where(conflict, product / safe_reference2, 0)
         # Modification ratio, as the official code logs it: ||removed|| / ||g_i before||
         # with ||removed|| = |<g_i, g_j>| / ||g_j||.
-        ratio = jnp.abs(inner) / jnp.sqrt(safe_reference2 * jnp.where(conflict, current2, 1))
+        ratio = jnp.abs(product) / jnp.sqrt(safe_reference2 * jnp.where(conflict, current2, 1))
         conflicts = conflicts + conflict.sum(dtype=jnp.float32)
         ratio_sum = ratio_sum + jnp.where(conflict & (current2 > 0), ratio, 0).sum(
             dtype=jnp.float32)
@@ -206,7 +207,9 @@ def smooth_dominant(
     norms = layer_norm(_bilinear(coeffs, gram, coeffs))
     original_mu = layer_norm(jnp.diagonal(gram, axis1=1, axis2=2)).mean(-1, keepdims=True)
     mixing, num_dominant = dominant_mixing(norms, original_mu, alpha, two_sided=two_sided)
-    smoothed = (mixing[layer_of_piece][:, :, :, None] * coeffs[:, None, :, :]).sum(2)
+    mixing = mixing[layer_of_piece]  # (K, D, D): smoothed c_i = sum_j mixing[i, j] c_j
+    smoothed = sum(mixing[:, :, j, None] * coeffs[:, None, j, :]
+                   for j in range(coeffs.shape[1]))
     return smoothed, num_dominant
 
 
