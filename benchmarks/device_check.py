@@ -27,6 +27,10 @@ stderr, the table to stdout::
 
     python benchmarks/device_check.py            # on a GPU or TPU host: under 8 minutes
     python benchmarks/device_check.py --quick    # tiny sizes (MNIST_CNN steps) on a CPU
+    python benchmarks/device_check.py --checks pipeline   # one check again
+
+A check that raises is a row saying why (the traceback goes to stderr), the others still
+run, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -170,7 +175,7 @@ def check_input_pipeline(sizes: Sizes, table: Table) -> None:
     check = (f"input pipeline, 227x227 JPEGs to {sizes.pipeline_resolution}, "
              f"{threads} threads")
     train_case = f"train batches, {sizes.num_domains} x {sizes.batch_size} (decode + augment)"
-    eval_case = "evaluation pass (decode + resize)"
+    eval_case = "evaluation pass (read + resize), compiled"
     if skipped := table.lacks(60.0):
         table.add(check, train_case, skipped)
         table.add(check, eval_case, skipped)
@@ -190,10 +195,16 @@ def check_input_pipeline(sizes: Sizes, table: Table) -> None:
             count += dataset.train_batch(step)["y"].size
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         table.add(check, train_case, _throughput(count, wall, cpu))
-        start, cpu, count = time.perf_counter(), time.process_time(), 0
-        for env in range(len(dataset.environments)):
-            for batch in dataset.eval_batches(env, "in", 64):
-                count += len(batch["y"])
+        def eval_pass() -> int:
+            count = 0
+            for env in range(len(dataset.environments)):
+                for batch in dataset.eval_batches(env, "in", 64):
+                    count += len(batch["y"])
+            return count
+
+        eval_pass()  # compiles the resize for each batch shape (the trainer pads instead)
+        start, cpu = time.perf_counter(), time.process_time()
+        count = eval_pass()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         table.add(check, eval_case, _throughput(count, wall, cpu))
 
@@ -283,11 +294,16 @@ def check_train_steps(sizes: Sizes, table: Table) -> None:
             rows[variant] = (check, case, skipped, "", "")
             _progress(f"{case}: {skipped}")
             continue
-        step, seconds = _step_runner(sizes, algorithm, method, dtype)
-        compile_s.append(seconds)
-        jax.block_until_ready(step())  # warm-up
-        times[variant] = _median_time(step, sizes.step_repeats)
-        del step
+        try:
+            step, seconds = _step_runner(sizes, algorithm, method, dtype)
+            compile_s.append(seconds)
+            jax.block_until_ready(step())  # warm-up
+            times[variant] = _median_time(step, sizes.step_repeats)
+            del step
+        except Exception as error:  # noqa: BLE001 - one failed row, the others still run
+            rows[variant] = (check, case, _failure(error), "", "")
+            _progress(f"{case}: {_failure(error)}")
+            continue
         reference = ("erm", "loop", "float32") if algorithm == "erm" else ("erm", method, dtype)
         ratio, to = "", ""
         if reference in times:
@@ -300,6 +316,18 @@ def check_train_steps(sizes: Sizes, table: Table) -> None:
         for dtype in ("float32", "bfloat16"):
             for algorithm in ALGORITHMS:
                 table.rows.append(rows[(algorithm, method, dtype)])
+
+
+CHECKS: dict[str, Callable[[Sizes, Table], None]] = {
+    "update": check_corgrad_update, "pipeline": check_input_pipeline,
+    "mnist": check_rotated_mnist, "steps": check_train_steps,
+}  # fmt: skip
+
+
+def _failure(error: BaseException) -> str:
+    """One table cell for a check that raised: its type and first line."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"failed: {type(error).__name__}: {first[:200]}".replace("|", "/")
 
 
 def _header(sizes: Sizes, quick: bool, budget_s: float) -> str:
@@ -316,7 +344,8 @@ def _header(sizes: Sizes, quick: bool, budget_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs every check that fits the budget and prints the table; returns 0."""
+    """Runs every check that fits the budget and prints the table; returns 1 if a check
+    failed (its row says why; the other checks still run), else 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few steps, for a CPU (MNIST_CNN steps)")
@@ -325,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hard_limit_s", type=float, default=None,
                         help="print what was measured and exit 3 after this long "
                         "(default: the budget + 50 s)")
+    parser.add_argument("--checks", nargs="+", choices=sorted(CHECKS), default=list(CHECKS),
+                        help="which checks to run (default: all, in this order: "
+                        f"{', '.join(CHECKS)})")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     budget = args.budget_s if args.budget_s is not None else (600.0 if args.quick else 420.0)
@@ -342,15 +374,20 @@ def main(argv: list[str] | None = None) -> int:
     watchdog = threading.Timer(hard_limit, stop)
     watchdog.daemon = True
     watchdog.start()
-    for check in (check_corgrad_update, check_input_pipeline, check_rotated_mnist,
-                  check_train_steps):
-        check(sizes, table)
+    for name in (name for name in CHECKS if name in args.checks):
+        try:
+            CHECKS[name](sizes, table)
+        except Exception as error:  # noqa: BLE001 - a failed check is a row; the next runs
+            traceback.print_exc()
+            table.add(f"{name} check", "", _failure(error))
     watchdog.cancel()
     skipped = sum(row[2].startswith("skipped") for row in table.rows)
+    failed = sum(row[2].startswith("failed") for row in table.rows)
     print(header + "\n\n" + table.markdown())
-    print(f"\n{time.perf_counter() - table.started:.0f} s; {len(table.rows) - skipped} rows "
-          f"measured, {skipped} skipped (time budget)")
-    return 0
+    print(f"\n{time.perf_counter() - table.started:.0f} s; "
+          f"{len(table.rows) - skipped - failed} rows measured, {skipped} skipped (time "
+          f"budget), {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

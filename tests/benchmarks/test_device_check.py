@@ -17,7 +17,7 @@ STEP_CASES = [f"{algorithm}, {method}, {dtype}" for method in ("loop", "vmap")
 ROWS = [  # (check, case), in the table's order
     *[("CorGrad update alone, ResNet-18 shapes (11.7M params)", f"D={d}") for d in (3, 5)],
     ("input pipeline", "train batches, 3 x 4 (decode + augment)"),
-    ("input pipeline", "evaluation pass (decode + resize)"),
+    ("input pipeline", "evaluation pass (read + resize), compiled"),
     *[("RotatedMNIST, 20 steps, test env 0 (0 degrees)", case) for case in ("ERM", "CorGrad")],
     *[("train step, MNIST_CNN, 3 x 4 at 28x28", case) for case in STEP_CASES],
 ]
@@ -59,7 +59,7 @@ def test_the_quick_check_measures_every_row_and_exits_0() -> None:
     assert "test " in rows[4][2] and rows[5][3].endswith("x")
     for cells in rows[6:]:  # every step has a time and a ratio to an ERM step
         assert "ms/step" in cells[2] and cells[3].endswith("x") and cells[4].startswith("ERM, ")
-    assert stdout.rstrip().endswith("18 rows measured, 0 skipped (time budget)")
+    assert stdout.rstrip().endswith("18 rows measured, 0 skipped (time budget), 0 failed")
 
 
 def test_checks_that_do_not_fit_the_budget_are_listed_as_skipped() -> None:
@@ -67,7 +67,7 @@ def test_checks_that_do_not_fit_the_budget_are_listed_as_skipped() -> None:
     assert code == 0, stdout[-3000:]
     _matches(rows)
     assert all(cells[2].startswith("skipped: needs about") for cells in rows)
-    assert stdout.rstrip().endswith("0 rows measured, 18 skipped (time budget)")
+    assert stdout.rstrip().endswith("0 rows measured, 18 skipped (time budget), 0 failed")
 
 
 def test_the_watchdog_prints_what_was_measured_and_exits_3() -> None:
@@ -76,3 +76,38 @@ def test_the_watchdog_prints_what_was_measured_and_exits_3() -> None:
     assert "stopped by the watchdog after 1 s" in stdout
     assert stdout.splitlines()[0].startswith("device_check --quick: ")
     assert "| check | case | result | ratio | ratio to |" in stdout
+
+
+def test_checks_runs_only_the_named_checks_in_the_table_order() -> None:
+    code, stdout, rows = _device_check("--checks", "mnist", "update", timeout=600)
+    assert code == 0, stdout[-3000:]
+    assert [(cells[0].split(",")[0], cells[1]) for cells in rows] == [
+        ("CorGrad update alone", "D=3"), ("CorGrad update alone", "D=5"),
+        ("RotatedMNIST", "ERM"), ("RotatedMNIST", "CorGrad")]
+    assert stdout.rstrip().endswith("4 rows measured, 0 skipped (time budget), 0 failed")
+
+
+def test_a_check_that_raises_is_a_failed_row_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import device_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def broken(sizes: object, table: object) -> None:
+        raise OSError("no space left on device\nsecond line")
+
+    monkeypatch.setitem(device_check.CHECKS, "update", broken)
+    code = device_check.main(["--quick", "--checks", "update", "pipeline"])
+    stdout = capsys.readouterr().out
+    assert code == 1
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| check ")]
+    assert rows[0] == ["update check", "", "failed: OSError: no space left on device", "", ""]
+    assert [cells[1] for cells in rows[1:]] == [
+        "train batches, 3 x 4 (decode + augment)", "evaluation pass (read + resize), compiled"]
+    assert all("images/s" in cells[2] for cells in rows[1:])
+    assert stdout.rstrip().endswith("2 rows measured, 0 skipped (time budget), 1 failed")
