@@ -6,7 +6,8 @@ median of ``--repeats`` interleaved rounds after warm-up, every ratio divides tw
 of this one run, against
 
 * the memory floor: NumPy reading the D x P floats once and writing P into a touched,
-  preallocated output (``common.memory_floor``);
+  preallocated output (``common.memory_floor``); on a GPU or TPU, the device's jitted
+  sum of one ``(D, P)`` array (``bench_corgrad.device_floor``);
 * the jitted ``mean_gradients`` of the same pytree (ERM's mean);
 * the two-pass limit of the Gram rules: two reads and one write, (2D + 1) / (D + 1)
   floors (1.75x at D=3, 1.83x at D=5).
@@ -36,7 +37,7 @@ import optax
 import corgrad_jax as cg
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_corgrad import JITS, compiled_update, stacked_resnet  # noqa: E402
+from bench_corgrad import JITS, compiled_update, device_floor, stacked_resnet  # noqa: E402
 from common import (  # noqa: E402
     floor_warnings,
     interleaved_medians,
@@ -84,6 +85,7 @@ def measure(rules: dict[str, GramFactory], granularities: list[str], elementwise
     shapes = resnet18_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
     flat, floor = memory_floor(num_domains, total)
+    floor = device_floor(flat) or floor
     grads = stacked_resnet(flat, shapes)
     params = {name: np.zeros(leaf.shape[1:], np.float32) for name, leaf in grads.items()}
     factories: dict[tuple[str, str], Callable[[], optax.GradientTransformation]] = {}
