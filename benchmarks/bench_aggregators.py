@@ -20,7 +20,8 @@ was compiled: by ``jax.jit`` as it is (``default``), or with ``cg.compiler_optio
 exact).
 
 Run: ``python benchmarks/bench_aggregators.py [--domains 3 5] [--granularities layer
-slice element] [--rules upgrad mgda ...] [--repeats 11] [--jit default reassociate]``
+slice element] [--rules upgrad mgda ...] [--repeats 11] [--jit default reassociate] [--layout torch
+flax]``
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import corgrad_jax as cg
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_corgrad import JITS, compiled_update, device_floor, stacked_resnet  # noqa: E402
 from common import (  # noqa: E402
+    LAYOUTS,
     floor_warnings,
     interleaved_medians,
     memory_floor,
@@ -77,12 +79,13 @@ Row = tuple[str, str, str, int, float, float, float, float]
 
 
 def measure(rules: dict[str, GramFactory], granularities: list[str], elementwise: list[str],
-            num_domains: int, repeats: int, named: set[str], jits: Sequence[str] = ("default",)
-            ) -> list[Row]:
+            num_domains: int, repeats: int, named: set[str], jits: Sequence[str] = ("default",),
+            layout: str = "torch") -> list[Row]:
     """``(rule, granularity, jit, D, seconds, x floor, x ERM, compile seconds)`` rows: every
     update (the ERM mean's too) once per compilation in ``jits``, all timed in the same
-    interleaved rounds; ``x ERM`` divides by the ERM mean of the same compilation."""
-    shapes = resnet18_shapes()
+    interleaved rounds; ``x ERM`` divides by the ERM mean of the same compilation.
+    ``layout``: the leaves' shapes as PyTorch or Flax lays them out."""
+    shapes = resnet18_shapes(layout=layout)
     total = sum(int(np.prod(s)) for s in shapes)
     flat, floor = memory_floor(num_domains, total)
     floor = device_floor(flat) or floor
@@ -123,17 +126,20 @@ def main() -> None:
     parser.add_argument("--jit", nargs="+", choices=JITS, default=list(JITS),
                         help="compilations to time, in the same interleaved rounds "
                              "(default: both)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="torch",
+                        help="the leaves' shapes: PyTorch's (O, I, kh, kw) or Flax's "
+                             "(kh, kw, I, O) (default: torch)")
     args = parser.parse_args()
     named = set(args.rules or [])
     rules = {k: v for k, v in GRAM_RULES.items() if not named or k in named}
     elementwise = [k for k in ELEMENTWISE if not named or k in named]
     flags = os.environ.get("XLA_FLAGS", "")
-    print(f"ResNet18, float32, {jax.devices()[0].platform}, jax {jax.__version__}, "
-          f"XLA_FLAGS={flags!r}\n")
+    print(f"ResNet18 ({args.layout} layout), float32, {jax.devices()[0].platform}, "
+          f"jax {jax.__version__}, XLA_FLAGS={flags!r}\n")
     rows: list[Row] = []
     for num_domains in args.domains:
         rows += measure(rules, args.granularities, elementwise, num_domains, args.repeats,
-                        named, args.jit)
+                        named, args.jit, args.layout)
     print("| rule | granularity | jit | D | time (ms) | x floor | x ERM mean | compile (s) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name, granularity, jit, num_domains, seconds, ratio, erm_ratio, compile_time in rows:

@@ -7,9 +7,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+LAYOUTS = ("torch", "flax")
 
-def resnet18_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
-    """torchvision ResNet18's parameter shapes (PyTorch layout), in module order."""
+
+def resnet18_shapes(num_classes: int = 1000, layout: str = "torch") -> list[tuple[int, ...]]:
+    """torchvision ResNet18's parameter shapes, in module order: in PyTorch's layout
+    (convolutions ``(O, I, kh, kw)``, the head ``(classes, 512)``), or with
+    ``layout="flax"`` in Flax's (``(kh, kw, I, O)`` and ``(512, classes)``)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "flax":
+        return [(shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4
+                else shape[::-1] for shape in resnet18_shapes(num_classes)]
     shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
     in_channels = 64
     for stage, channels in enumerate((64, 128, 256, 512)):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import corgrad_jax as cg
-from corgrad_jax._src.pieces import SMALL_LEAF, PieceLayout
+from corgrad_jax._src.pieces import SMALL_LEAF, PieceLayout, element_sums
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 from common import resnet18_shapes  # noqa: E402
@@ -103,3 +103,28 @@ def test_both_passes_on_odd_sizes_are_exact(granularity, num_slices, variant, nu
 def test_both_passes_are_exact_under_reassociation(granularity, num_slices, variant):
     _check(resnet18_shapes() + ODD_SHAPES, 3, granularity, num_slices, variant,
            cg.compiler_options("cpu"))
+
+
+@pytest.mark.parametrize("num_terms", [1, 2, 3])
+@pytest.mark.parametrize("size", [1, 511, 512, 1024, 1537, 100_003])
+def test_element_sums_are_exact(num_terms, size):
+    """The one-pass sums of elementwise terms, on small integers (every float32 sum
+    exact): one term (reduced as two halves of each block), two and three, on sizes
+    below, at and across the block, with a remainder."""
+    rng = np.random.default_rng(size + num_terms)
+    flat = rng.integers(-3, 4, (3, size)).astype(np.float32)
+    other = rng.integers(-2, 3, size).astype(np.float32)
+
+    def terms(values, others):
+        (extra,) = others
+        every = [(values[0] * values[1] > 0).astype(jnp.int32),
+                 values[0] * values[2] + extra, jnp.square(values[1] - extra)]
+        return every[:num_terms]
+
+    got = [np.asarray(x) for x in jax.jit(lambda f, o: element_sums(f, terms, (o,)))(
+        jnp.asarray(flat), jnp.asarray(other))]
+    expected = [(flat[0] * flat[1] > 0).sum(), (flat[0] * flat[2] + other).sum(),
+                np.square(flat[1] - other).sum()][:num_terms]
+    assert len(got) == num_terms
+    for value, reference in zip(got, expected, strict=True):
+        assert value == reference

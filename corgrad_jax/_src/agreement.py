@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
+from corgrad_jax._src.pieces import element_sums
 
 
 def _agreement_mask(stacked: jax.Array) -> jax.Array:
@@ -29,10 +30,17 @@ def _agreement_mask(stacked: jax.Array) -> jax.Array:
 def _masked_diagnostics(
     totals: Sequence[jax.Array], updates: Sequence[jax.Array], changed: Sequence[jax.Array]
 ) -> base.Diagnostics:
+    def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
+        (total,), (update, change) = values, others
+        return [change.astype(jnp.int32), jnp.square(total - update), jnp.square(total)]
+
+    count = jnp.zeros((), jnp.int32)
+    removed2 = total2 = jnp.zeros((), jnp.result_type(*totals))
+    for total, update, change in zip(totals, updates, changed, strict=True):
+        sums = element_sums(total.reshape(1, -1), terms, (update.reshape(-1), change.reshape(-1)))
+        count, removed2, total2 = count + sums[0], removed2 + sums[1], total2 + sums[2]
     size = sum(c.size for c in changed)
-    frequency = sum(c.sum(dtype=jnp.float32) for c in changed) / max(size, 1)
-    removed2 = sum(jnp.sum(jnp.square(t - u)) for t, u in zip(totals, updates, strict=True))
-    total2 = sum(jnp.sum(jnp.square(t)) for t in totals)
+    frequency = count.astype(jnp.float32) / max(size, 1)
     ratio = jnp.where(total2 > 0, jnp.sqrt(removed2 / jnp.where(total2 > 0, total2, 1)), 0)
     return base.Diagnostics(frequency, ratio, jnp.zeros((), jnp.float32))
 

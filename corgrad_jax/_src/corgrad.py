@@ -87,6 +87,8 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
         def first_pass(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
             del others
             projected, emptied = element_projection(values, sequential=official)
+            if alpha is None:  # no smoothing: only the conflicts are counted
+                return [emptied]
             return [emptied, *(p * p for p in projected), *(v * v for v in values)]
 
         # The first pass counts the conflicts and gives the layer norms; the second

@@ -405,7 +405,9 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
     Written like :func:`piece_gram`: one variadic reduction over blocks of ``_BLOCK``
     elements of the ``(D, P)`` data (XLA:CPU fuses the row slices and the terms into it;
     a plain ``jnp.sum`` of a function of several rows first copied each row), then a
-    sum over the blocks, and the short remainder apart.
+    sum over the blocks, and the short remainder apart. A single term is reduced as the
+    two halves of each block: XLA:CPU (jax 0.10) sends a reduction of one output to a
+    library call that copies its operand first, 3x slower here.
 
     Args:
       flat: ``(D, P)`` per-domain values.
@@ -423,9 +425,12 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
         body = flat[:, :full * _BLOCK].reshape(num_domains, full, _BLOCK)
         values = terms([body[i] for i in range(num_domains)],
                        [o[:full * _BLOCK].reshape(full, _BLOCK) for o in others])
+        single = len(values) == 1
+        if single:  # two halves of each block: a reduction of one output is slower
+            values = [values[0][:, :_BLOCK // 2], values[0][:, _BLOCK // 2:]]
         sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
                           lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)], (1,))
-        totals = [s.sum() for s in sums]
+        totals = [(sums[0] + sums[1]).sum()] if single else [s.sum() for s in sums]
     if size > full * _BLOCK or totals is None:
         tail = flat[:, full * _BLOCK:]
         rest = [v.sum() for v in terms([tail[i] for i in range(num_domains)],
