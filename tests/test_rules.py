@@ -165,6 +165,20 @@ def test_element_closed_form_equals_the_rule_on_rank_one_gram_matrices(name, num
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7 * np.abs(x).max())
 
 
+@pytest.mark.parametrize("name", [n for n in GRAM_RULES
+                                  if n not in ("grad_vac", "nash_mtl", "corgrad")])
+def test_element_closed_form_keeps_every_leaf_in_place(name, rng):
+    # Leaves up to SMALL_LEAF elements go through the closed form concatenated: a large
+    # leaf between small ones, against the generic rule on one-element slices.
+    leaves = random_leaves(rng, 3, [(40,), (3, 3, 8, 1024), (7,), (3, 4)])
+    leaves[1][:, :100] *= 1e-3  # some below torchjd's norm_eps threshold
+    closed = apply(GRAM_RULES[name]("element"), leaves)
+    generic = apply(_sliced(name, 10**6), leaves)
+    for a, b, x in zip(closed, generic, leaves, strict=True):
+        assert a.shape == x.shape[1:]
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7 * np.abs(x).max())
+
+
 def _sliced(name: str, num_slices: int) -> optax.GradientTransformation:
     factories = {
         "upgrad": lambda: cg.upgrad(granularity="slice", num_slices=num_slices),
