@@ -34,6 +34,8 @@ def _masked_diagnostics(
         (total,), (update, change) = values, others
         return [change.astype(jnp.int32), jnp.square(total - update), jnp.square(total)]
 
+    # One pass of sums per leaf, over the reference as a one-row (1, P) array with the
+    # update and the changed mask read alongside (a jnp.sum per term was 2-3x slower).
     count = jnp.zeros((), jnp.int32)
     removed2 = total2 = jnp.zeros((), jnp.result_type(*totals))
     for total, update, change in zip(totals, updates, changed, strict=True):

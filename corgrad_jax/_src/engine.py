@@ -321,7 +321,7 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
         if small:
             groups.append(jnp.concatenate([flats[k] for k in small], axis=1))
         results = [closed_form([group[i] for i in range(num_domains)]) for group in groups]
-        outputs = dict(zip(large, results, strict=False))
+        outputs = dict(zip(large, results[:len(large)], strict=True))
         if small:
             ends = np.cumsum([0] + [flats[k].shape[1] for k in small])
             for k, start, stop in zip(small, ends[:-1], ends[1:], strict=True):
