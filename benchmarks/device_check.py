@@ -195,6 +195,7 @@ def check_input_pipeline(sizes: Sizes, table: Table) -> None:
             count += dataset.train_batch(step)["y"].size
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         table.add(check, train_case, _throughput(count, wall, cpu))
+
         def eval_pass() -> int:
             count = 0
             for env in range(len(dataset.environments)):
@@ -301,6 +302,7 @@ def check_train_steps(sizes: Sizes, table: Table) -> None:
             times[variant] = _median_time(step, sizes.step_repeats)
             del step
         except Exception as error:  # noqa: BLE001 - one failed row, the others still run
+            traceback.print_exc()
             rows[variant] = (check, case, _failure(error), "", "")
             _progress(f"{case}: {_failure(error)}")
             continue
