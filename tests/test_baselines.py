@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import random_leaves
 
-from corgrad_jax import agreement_rand, agreement_sum, and_mask, mean_gradients
+from corgrad_jax import agreement_rand, agreement_sum, and_mask, mean_gradients, sand_mask
 
 
 def leaves_tree(leaves):
@@ -83,8 +83,6 @@ def test_diagnostics_over_many_blocks_equal_float64(rule):
     """The share of changed components and ||reference - u|| / ||reference||, summed in
     one pass over blocks of the leaves, against NumPy in float64 on leaves of 1 to
     300k components (below, at and across the pass's blocks, with remainders)."""
-    from corgrad_jax import sand_mask
-
     rng = np.random.default_rng(7)
     shapes = [(3, 3, 64, 128), (300_007,), (511,), (512,), (1,), (33, 17)]
     leaves = [rng.standard_normal((3, *shape)).astype(np.float32) + 0.3 for shape in shapes]
