@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from corgrad_jax._src import base
 from corgrad_jax._src.engine import (
@@ -60,34 +61,58 @@ def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any,
     """
     num_domains = gram.shape[-1]
     dtype = gram.dtype
-    diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
-    coeffs = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), gram.shape)
-    modified = jnp.zeros((), jnp.float32)
-    ratio_sum = jnp.zeros((), jnp.float32)
-    for i in range(num_domains):
-        for onehot in orders[:, i]:  # (D,): e_{j_i(s)}
-            onehot = onehot.astype(dtype)
-            current = coeffs[:, i]  # (K, D)
-            pushed = (current[:, :, None] * gram).sum(1)  # c_i G
-            inner = (pushed * onehot).sum(-1)
-            norm_i = jnp.sqrt(jnp.maximum((pushed * current).sum(-1), 0))
-            norm_j = jnp.sqrt(jnp.maximum((diagonal * onehot).sum(-1), 0))
-            similarity = inner / (norm_i * norm_j + eps)
-            target = (targets[:, i] * onehot).sum(-1)
-            correct = similarity < target
-            room = jnp.sqrt(jnp.maximum(1 - target**2, 0))
-            step = norm_i * (target * jnp.sqrt(jnp.maximum(1 - similarity**2, 0))
-                             - similarity * room) / (norm_j * room + eps)
-            step = jnp.where(correct, step, 0)
-            coeffs = coeffs.at[:, i].add(step[:, None] * onehot)
-            updated = (1 - beta) * target + beta * similarity
-            targets = targets.at[:, i].set(
-                jnp.where(onehot > 0, updated[:, None], targets[:, i]))
-            modified = modified + correct.sum(dtype=jnp.float32)
-            ratio = jnp.abs(step) * norm_j / jnp.where(norm_i > 0, norm_i, 1)
-            ratio_sum = ratio_sum + jnp.where(correct & (norm_i > 0), ratio, 0).sum(
-                dtype=jnp.float32)
-    return coeffs, targets, modified, ratio_sum
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram, axis1=1, axis2=2), 0))  # (K, D)
+    # The D(D-1) corrections run as one loop whose body is compiled once: unrolled, they
+    # compiled to hundreds of small kernels (3.7 s at D=5), for 0.8 ms of work.
+    steps = (jnp.repeat(jnp.arange(num_domains), num_domains - 1),  # i of each step
+             jnp.swapaxes(orders, 0, 1).reshape(-1, num_domains).astype(dtype))  # e_j
+
+    def correct_one(carry: tuple[jax.Array, ...], step_of: tuple[jax.Array, jax.Array]
+                    ) -> tuple[tuple[jax.Array, ...], None]:
+        coeffs, targets, corrected, ratios = carry
+        i, onehot = step_of
+        current = lax.dynamic_index_in_dim(coeffs, i, axis=1, keepdims=False)  # (K, D)
+        goals = lax.dynamic_index_in_dim(targets, i, axis=1, keepdims=False)
+        pushed = _terms_sum([current[:, m, None] * gram[:, m] for m in range(num_domains)])
+        inner = _dot(pushed, onehot)  # c_i G e_j
+        norm_i = jnp.sqrt(jnp.maximum(_dot(pushed, current), 0))
+        norm_j = _dot(norms, onehot)
+        similarity = inner / (norm_i * norm_j + eps)
+        target = _dot(goals, onehot)
+        correct = similarity < target
+        room = jnp.sqrt(jnp.maximum(1 - target**2, 0))
+        step = norm_i * (target * jnp.sqrt(jnp.maximum(1 - similarity**2, 0))
+                         - similarity * room) / (norm_j * room + eps)
+        step = jnp.where(correct, step, 0)
+        current = current + step[:, None] * onehot
+        updated = (1 - beta) * target + beta * similarity
+        goals = jnp.where(onehot > 0, updated[:, None], goals)
+        ratio = jnp.abs(step) * norm_j / jnp.where(norm_i > 0, norm_i, 1)
+        carry = (lax.dynamic_update_index_in_dim(coeffs, current, i, axis=1),
+                 lax.dynamic_update_index_in_dim(targets, goals, i, axis=1),
+                 corrected + correct.astype(jnp.float32),
+                 ratios + jnp.where(correct & (norm_i > 0), ratio, 0).astype(jnp.float32))
+        return carry, None
+
+    pieces = gram.shape[0]
+    start = (jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), gram.shape),
+             targets.astype(dtype), jnp.zeros((pieces,), jnp.float32),
+             jnp.zeros((pieces,), jnp.float32))
+    (coeffs, targets, corrected, ratios), _ = lax.scan(correct_one, start, steps)
+    return coeffs, targets, corrected.sum(), ratios.sum()
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``(a * b).sum(-1)`` over the short domain axis, as explicit multiply-adds (exact in
+    float32 on every backend, where a matrix product may round through bfloat16)."""
+    return _terms_sum([a[..., m] * b[..., m] for m in range(a.shape[-1])])
+
+
+def _terms_sum(terms: list[jax.Array]) -> jax.Array:
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
 
 
 def grad_vac(
