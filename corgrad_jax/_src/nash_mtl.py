@@ -49,7 +49,13 @@ def bargaining_weights(gram: jax.Array, start: jax.Array, max_iters: int
     float64, ``1e-7`` in float32) times the identity keeps every solve regular; where
     the system has no positive solution (a zero gradient, or dependent gradients that
     conflict: no direction improves every domain) some weight grows to about
-    :math:`1/\\sqrt r`, and such a piece is reported as not solvable.
+    :math:`1/\\sqrt r`, and such a piece is reported as not solvable: once a weight
+    passes :math:`0.1/\\sqrt r` its piece stops there. Otherwise those pieces kept the
+    loop running to ``max_iters``: on ResNet18's 620 slices of random gradients at D=5,
+    8 such pieces made it 100 iterations (7.9 ms) where the others had converged in 22
+    (1.5 ms). A piece whose weights pass the limit on their way to a solution under it
+    is reported unsolvable too; with :math:`G` scaled to unit norm that takes a
+    solution within a factor 10 of the ridge's scale, at the edge of solvable anyway.
 
     Returns:
       ``(alpha, solvable)``: ``(K, D)`` weights and ``(K,)`` booleans.
@@ -59,6 +65,7 @@ def bargaining_weights(gram: jax.Array, start: jax.Array, max_iters: int
     gram = gram + _RIDGE[dtype] * jnp.eye(num_domains, dtype=dtype)
     everything = jnp.ones((num_domains,), bool)
     floor = jnp.zeros((num_pieces,), dtype)
+    limit = 0.1 / np.sqrt(_RIDGE[dtype])  # a weight beyond it: no solution
 
     def step(carry: tuple[jax.Array, jax.Array, jax.Array]
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -73,7 +80,8 @@ def bargaining_weights(gram: jax.Array, start: jax.Array, max_iters: int
         moved = alpha - size[:, None] * newton
         moved = jnp.where(moved > 0, moved, alpha / 2)  # never leaves the domain
         alpha = jnp.where(done[:, None], alpha, moved)
-        return alpha, done | (decrement2 < _DECREMENT2[dtype]), iteration + 1
+        done = done | (decrement2 < _DECREMENT2[dtype]) | (alpha.max(-1) >= limit)
+        return alpha, done, iteration + 1
 
     def running(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
         _, done, iteration = carry
@@ -81,7 +89,7 @@ def bargaining_weights(gram: jax.Array, start: jax.Array, max_iters: int
 
     carry = (start.astype(dtype), jnp.zeros((num_pieces,), bool), jnp.zeros((), jnp.int32))
     alpha, _, _ = jax.lax.while_loop(running, step, carry)
-    solvable = alpha.max(-1) < 0.1 / np.sqrt(_RIDGE[dtype])
+    solvable = alpha.max(-1) < limit
     return alpha, solvable
 
 
