@@ -36,6 +36,9 @@ from corgrad_jax._src.solvers import (
     active_sets,
     check_num_domains,
     frank_wolfe_min_norm,
+    inner,
+    last_all,
+    last_sum,
     quadratic_form,
     simplex_minimum,
     solve_on_subsets,
@@ -150,16 +153,17 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     trace = jnp.trace(gram, axis1=1, axis2=2)
     usable = (trace >= norm_eps) & (trace > 0)
     gram = jnp.where(usable[:, None, None], gram / jnp.where(usable, trace, 1)[:, None, None], 0)
-    b = gram.sum(-1) / num_domains  # (K, D)
-    phi = c * jnp.sqrt(jnp.maximum(gram.sum((1, 2)), 0)) / num_domains  # (K,)
+    # Sums over the short domain axis as explicit adds (see solvers.inner).
+    b = last_sum(gram) / num_domains  # (K, D)
+    phi = c * jnp.sqrt(jnp.maximum(last_sum(b), 0) * num_domains) / num_domains  # (K,)
     supports = jnp.asarray(active_sets(num_domains)[1:])  # (S, D): every non-empty support
     floor = PIVOT_RTOL[dtype] * jnp.ones((num_pieces, 1), dtype)
     ones = supports.astype(dtype)[None].repeat(num_pieces, 0)  # (K, S, D)
     rhs = jnp.stack([ones, ones * b[:, None]], axis=-1)  # (K, S, D, 2)
     solution, valid = solve_on_subsets(gram[:, None], supports[None], rhs, floor)
     z1, zb = solution[..., 0], solution[..., 1]
-    a, beta = z1.sum(-1), zb.sum(-1)
-    gamma = (b[:, None] * zb).sum(-1)
+    a, beta = last_sum(z1), last_sum(zb)
+    gamma = inner(b[:, None], zb)
     discriminant = beta**2 - a * (gamma - phi[:, None] ** 2)
     tiny = FEASIBILITY_RTOL[dtype]
     ok = valid & (discriminant > tiny * a * jnp.maximum(phi[:, None] ** 2, tiny)) & (a > 0)
@@ -170,9 +174,9 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     candidates = jnp.concatenate([candidates, jnp.broadcast_to(eye, (num_pieces, *eye.shape))],
                                  axis=1)  # vertices: always candidates
     ok = jnp.concatenate([ok, jnp.ones((num_pieces, num_domains), bool)], axis=1)
-    feasible = ok & jnp.all(candidates >= -tiny, axis=-1)
+    feasible = ok & last_all(candidates >= -tiny)
     norm2 = jnp.maximum(quadratic_form(candidates, gram[:, None]), 0)
-    objective = (candidates * b[:, None]).sum(-1) + phi[:, None] * jnp.sqrt(norm2)
+    objective = inner(candidates, b[:, None]) + phi[:, None] * jnp.sqrt(norm2)
     objective = jnp.where(feasible, objective, jnp.inf)
     best = jnp.argmin(objective, axis=1)
     weights = jnp.take_along_axis(candidates, best[:, None, None], axis=1)[:, 0]

@@ -116,6 +116,22 @@ def inner(x: jax.Array, y: jax.Array) -> jax.Array:
     return out
 
 
+def last_sum(x: jax.Array) -> jax.Array:
+    """:math:`\\sum_a x_a` over the last (short) axis, as explicit adds (:func:`inner`)."""
+    out = x[..., 0]
+    for a in range(1, x.shape[-1]):
+        out = out + x[..., a]
+    return out
+
+
+def last_all(x: jax.Array) -> jax.Array:
+    """Whether every entry of the last (short) axis is True, as explicit ands."""
+    out = x[..., 0]
+    for a in range(1, x.shape[-1]):
+        out = out & x[..., a]
+    return out
+
+
 def quadratic_form(x: jax.Array, matrix: jax.Array, y: jax.Array | None = None) -> jax.Array:
     """:math:`x^\\top M y` over the last axis (``y = x`` by default), batched by
     broadcasting, as explicit multiply-adds (:func:`matvec`)."""
@@ -150,8 +166,7 @@ def box_minimum(gram: jax.Array, lower: jax.Array) -> jax.Array:
                                 (PIVOT_RTOL[dtype] * trace)[:, None])
     x = jnp.swapaxes(x, -1, -2)  # (K, S, R, D)
     scale = jnp.abs(lower).max((-2, -1))[:, None, None, None]
-    feasible = valid[..., None] & jnp.all(x >= lower[:, None] - FEASIBILITY_RTOL[dtype] * scale,
-                                          axis=-1)
+    feasible = valid[..., None] & last_all(x >= lower[:, None] - FEASIBILITY_RTOL[dtype] * scale)
     objective = jnp.where(feasible, quadratic_form(x, gram[:, None, None]), jnp.inf)
     best = jnp.argmin(objective, axis=1)  # (K, R)
     return jnp.take_along_axis(x, best[:, None, :, None], axis=1)[:, 0]
@@ -246,9 +261,9 @@ def simplex_minimum(gram: jax.Array, ridge: jax.Array | float = 0.0) -> jax.Arra
     z, valid = solve_on_subsets(regular[:, None], supports[None], ones,
                                 (PIVOT_RTOL[dtype] * trace)[:, None])
     z = z[..., 0]
-    total = z.sum(-1, keepdims=True)
+    total = last_sum(z)[..., None]
     points = z / jnp.where(total > 0, total, 1)
-    feasible = valid & (total[..., 0] > 0) & jnp.all(points >= -FEASIBILITY_RTOL[dtype], -1)
+    feasible = valid & (total[..., 0] > 0) & last_all(points >= -FEASIBILITY_RTOL[dtype])
     eye = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), (num_pieces, num_domains,
                                                                num_domains))
     points = jnp.concatenate([points, eye], axis=1)
