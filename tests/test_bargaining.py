@@ -3,6 +3,9 @@ to convergence on every piece (no early stop), with the same ridge and limit."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,18 +14,8 @@ import pytest
 from corgrad_jax._src import nash_mtl
 from corgrad_jax._src.pieces import PieceLayout
 
-
-def _resnet18_flax_shapes() -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = [(7, 7, 3, 64), (64,), (64,)]
-    channels_in = 64
-    for stage, channels in enumerate((64, 128, 256, 512)):
-        for block in range(2):
-            shapes += [(3, 3, channels_in, channels), (channels,), (channels,),
-                       (3, 3, channels, channels), (channels,), (channels,)]
-            if block == 0 and stage > 0:
-                shapes += [(1, 1, channels_in, channels), (channels,), (channels,)]
-            channels_in = channels
-    return shapes + [(512, 10), (10,)]
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+from common import resnet18_shapes  # noqa: E402
 
 
 def _reference(gram: np.ndarray, ridge: float, iterations: int = 400) -> np.ndarray:
@@ -46,12 +39,12 @@ def _reference(gram: np.ndarray, ridge: float, iterations: int = 400) -> np.ndar
 def test_newton_weights_and_unsolvable_pieces_equal_a_float64_run_to_the_end(num_domains):
     # ResNet18's leaves cut into 10 slices: 620 pieces, of which the one-element tails of
     # the 64-element leaves have rank one (no solution when their signs differ).
-    layout = PieceLayout.of(_resnet18_flax_shapes(), granularity="slice", num_slices=10,
+    layout = PieceLayout.of(resnet18_shapes(10, layout="flax"), granularity="slice", num_slices=10,
                             variant="paper")
     rng = np.random.default_rng(num_domains)
     flats = [jnp.asarray(rng.standard_normal((num_domains, int(np.prod(shape))),
                                              dtype=np.float32))
-             for shape in _resnet18_flax_shapes()]
+             for shape in resnet18_shapes(10, layout="flax")]
     gram = np.asarray(jax.jit(layout.gram)(flats), np.float64)
     gram = gram / np.sqrt((gram**2).sum((1, 2)))[:, None, None]
     alpha, solvable = jax.jit(nash_mtl.bargaining_weights, static_argnums=2)(

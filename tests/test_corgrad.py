@@ -46,6 +46,30 @@ def test_matches_float64_oracle(granularity, variant, num_domains, rng):
         assert 0 < diag(state, "modification_frequency") < 1
 
 
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("alpha", [0.6, None])
+def test_element_granularity_with_large_and_small_leaves_matches_oracle(variant, alpha, rng):
+    # Leaves up to SMALL_LEAF elements go through both passes concatenated, their layer
+    # norms from one segmented pass; the large ones one by one. Leaves of very different
+    # scales make the smoothing's dominant domains differ from leaf to leaf, so a leaf's
+    # norms or weights put on another leaf would show.
+    shapes = [(40,), (3, 3, 8, 1024), (7,), (2, 3), (3, 3, 4, 4), (9000,)]
+    leaves = random_leaves(rng, 4, shapes)
+    for k, scale in enumerate([1e-3, 1.0, 30.0, 1e2, 0.2, 5.0]):
+        leaves[k] = leaves[k] * scale * rng.uniform(0.2, 3.0, (4,) + (1,) * len(shapes[k]))
+    with jax.enable_x64(True):
+        got, state = run(corgrad(4, alpha, granularity="element", variant=variant,
+                                 shuffle=False), leaves)
+        expected, diagnostics = corgrad_oracle(leaves, num_slices=4, alpha=alpha,
+                                               granularity="element", variant=variant)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-9 * np.abs(e).max())
+    for name, value in diagnostics.items():
+        assert diag(state, name) == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    if alpha is not None:  # the smoothing acts, and differently on different leaves
+        assert 0 < diag(state, "dominant_fraction") < 1
+
+
 @pytest.mark.parametrize("granularity", ["layer", "slice"])
 def test_float32_close_to_oracle(granularity, rng):
     leaves = random_leaves(rng, 3, [(64, 32, 3, 3), (600,), (10,)], dtype=np.float32)

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 
 import corgrad_jax as cg
-from corgrad_jax._src.pieces import SMALL_LEAF, PieceLayout, element_sums
+from corgrad_jax._src.pieces import (
+    SMALL_LEAF,
+    PieceLayout,
+    element_sums,
+    segment_combine,
+    segment_element_sums,
+)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 from common import resnet18_shapes  # noqa: E402
@@ -103,6 +109,30 @@ def test_both_passes_on_odd_sizes_are_exact(granularity, num_slices, variant, nu
 def test_both_passes_are_exact_under_reassociation(granularity, num_slices, variant):
     _check(resnet18_shapes() + ODD_SHAPES, 3, granularity, num_slices, variant,
            cg.compiler_options("cpu"))
+
+
+@pytest.mark.parametrize("sizes", [[1], [64], [0, 65, 0, 3], [40, 7, 6, 9408, 64, 1000],
+                                   [63, 1, 64, 129, 20_000, 2]])
+def test_segment_sums_and_combine_are_exact(sizes):
+    """The concatenated small leaves' per-leaf sums and per-leaf weighted sums, on small
+    integers (exact in float32): empty leaves, leaves inside one block, across blocks,
+    and blocks that straddle several leaves."""
+    rng = np.random.default_rng(len(sizes) + sum(sizes))
+    bounds = np.cumsum([0, *sizes])
+    flat = rng.integers(-3, 4, (3, bounds[-1])).astype(np.float32)
+    weights = rng.integers(-2, 3, (len(sizes), 3)).astype(np.float32)
+
+    def terms(values):
+        return [(values[0] * values[1] > 0).astype(jnp.int32), values[0] * values[2]]
+
+    sums, combined = jax.jit(lambda f, w: (segment_element_sums(f, terms, bounds),
+                                           segment_combine(f, w, bounds)))(
+        jnp.asarray(flat), jnp.asarray(weights))
+    for s, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        piece = flat[:, start:stop]
+        assert int(sums[0][s]) == (piece[0] * piece[1] > 0).sum()
+        assert float(sums[1][s]) == (piece[0] * piece[2]).sum()
+        np.testing.assert_array_equal(np.asarray(combined)[start:stop], weights[s] @ piece)
 
 
 @pytest.mark.parametrize("num_terms", [1, 2, 3])

@@ -40,7 +40,12 @@ from corgrad_jax._src.engine import (
     check_gram_options,
     gram_transformation,
 )
-from corgrad_jax._src.pieces import element_sums
+from corgrad_jax._src.pieces import (
+    SMALL_LEAF,
+    element_sums,
+    segment_combine,
+    segment_element_sums,
+)
 from corgrad_jax._src.projection import (
     domain_orders,
     dominant_mixing,
@@ -93,26 +98,62 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
 
         # The first pass counts the conflicts and gives the layer norms; the second
         # recomputes the projection and writes the (smoothed) sum, cheaper than
-        # storing D projected copies.
-        sums = [element_sums(flat, first_pass) for flat in flats]
-        conflicts = sum(s[0] for s in sums).astype(jnp.float32)
+        # storing D projected copies. The small leaves (biases, norms) go through both
+        # as one concatenated array, their layer norms from one segmented pass, so that
+        # the compile time does not grow with their count.
+        small = [k for k, flat in enumerate(flats) if flat.shape[1] <= SMALL_LEAF]
+        large = [k for k in range(len(flats)) if k not in small]
+        ends = np.cumsum([0] + [flats[k].shape[1] for k in small])
+        group = jnp.concatenate([flats[k] for k in small], axis=1) if small else None
+        # The conflicts, and per leaf the sums of the squares: (leaves, 2D) in the order
+        # large, then small, put back in the leaves' order by one static gather.
+        conflicts = jnp.zeros((), jnp.int32)
+        squares = []
+        for k in large:
+            emptied, *leaf_squares = element_sums(flats[k], first_pass)
+            conflicts = conflicts + emptied
+            if alpha is not None:
+                squares.append(jnp.stack(leaf_squares)[None])
+        if group is not None:
+            emptied, *group_squares = (
+                element_sums(group, first_pass) if alpha is None
+                else segment_element_sums(group, lambda v: first_pass(v, []), ends))
+            conflicts = conflicts + emptied.sum()
+            if alpha is not None:
+                squares.append(jnp.stack(group_squares, axis=1))
+        conflicts = conflicts.astype(jnp.float32)
         weights = jnp.ones((len(flats), num_domains), flats[0].dtype)
         num_dominant = jnp.zeros((), jnp.float32)
         if alpha is not None:
-            norms = jnp.sqrt(jnp.stack([jnp.stack(s[1:1 + num_domains]) for s in sums]))
-            originals = jnp.sqrt(jnp.stack([jnp.stack(s[1 + num_domains:]) for s in sums]))
+            sums = jnp.concatenate(squares)[np.argsort(large + small)]  # (leaves, 2D)
+            norms = jnp.sqrt(sums[:, :num_domains])
+            originals = jnp.sqrt(sums[:, num_domains:])
             mixing, num_dominant = dominant_mixing(
                 norms, originals.mean(-1, keepdims=True), smoothing_weight(inputs.count),
                 two_sided=official)
             weights = mixing.sum(1)  # (layers, D): sum_i M[i, m]
-        outputs = []
-        for k, flat in enumerate(flats):
-            projected, _ = element_projection([flat[i] for i in range(num_domains)],
-                                              sequential=official)
-            out = projected[0] if alpha is None else weights[k, 0] * projected[0]
+
+        def projected(flat: jax.Array) -> list[jax.Array]:
+            return element_projection([flat[i] for i in range(num_domains)],
+                                      sequential=official)[0]
+
+        outputs: list[jax.Array] = [None] * len(flats)  # type: ignore[list-item]
+        for k in large:
+            values = projected(flats[k])
+            out = values[0] if alpha is None else weights[k, 0] * values[0]
             for m in range(1, num_domains):
-                out = out + (projected[m] if alpha is None else weights[k, m] * projected[m])
-            outputs.append(out)
+                out = out + (values[m] if alpha is None else weights[k, m] * values[m])
+            outputs[k] = out
+        if group is not None:
+            values = projected(group)
+            if alpha is None:
+                out = values[0]
+                for m in range(1, num_domains):
+                    out = out + values[m]
+            else:  # each leaf's weights, read in blocks
+                out = segment_combine(jnp.stack(values), weights[np.array(small)], ends)
+            for k, start, stop in zip(small, ends[:-1], ends[1:], strict=True):
+                outputs[k] = out[start:stop]
         tests = num_domains * (num_domains - 1) * sum(flat.shape[1] for flat in flats)
         diagnostics = base.Diagnostics(
             modification_frequency=conflicts / max(tests, 1),

@@ -437,3 +437,50 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
                                        [o[full * _BLOCK:] for o in others])]
         totals = rest if totals is None else [a + b for a, b in zip(totals, rest, strict=True)]
     return totals
+
+
+def segment_element_sums(flat: jax.Array, terms: Callable[[list[jax.Array]], list[jax.Array]],
+                         bounds: np.ndarray) -> list[jax.Array]:
+    """:func:`element_sums` of every segment ``[bounds[s], bounds[s + 1])`` of a flat
+    ``(D, P)`` array, such as the concatenated small leaves: ``(num_segments,)`` per term.
+
+    Read like :func:`group_gram`: one variadic reduction over blocks of
+    :data:`_GROUP_BLOCK` elements (:class:`BlockPlan`), a segment sum of the block sums,
+    and the elements of blocks that straddle two segments apart. One fused kernel for
+    all the segments, where :func:`element_sums` compiles a few per segment.
+
+    Args:
+      flat: ``(D, P)`` per-domain values.
+      terms: maps the D arrays of values (any common shape) to the arrays to sum.
+      bounds: ``(num_segments + 1,)`` nondecreasing, from 0 to P.
+    """
+    num_domains, size = flat.shape
+    num_segments = len(bounds) - 1
+    plan = BlockPlan.of(np.asarray(bounds), _GROUP_BLOCK)
+    prefix = plan.num_blocks * plan.block
+    body = flat[:, :prefix].reshape(num_domains, plan.num_blocks, plan.block)
+    values = terms([body[i] for i in range(num_domains)])
+    block_sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
+                            lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)],
+                            (1,))
+    regular = jnp.asarray(plan.regular)
+    totals = [jax.ops.segment_sum(jnp.where(regular, s, 0), plan.piece_of_block, num_segments,
+                                  indices_are_sorted=True) for s in block_sums]
+    if plan.irregular.size:
+        loose = terms([flat[i, plan.irregular] for i in range(num_domains)])
+        totals = [total + jax.ops.segment_sum(v, plan.piece_of_irregular, num_segments,
+                                              indices_are_sorted=True)
+                  for total, v in zip(totals, loose, strict=True)]
+    return totals
+
+
+def segment_combine(flat: jax.Array, weights: jax.Array, bounds: np.ndarray) -> jax.Array:
+    """``out[p] = sum_m weights[s, m] flat[m, p]`` for p in segment s (cut at ``bounds``,
+    as in :func:`segment_element_sums`), read in blocks like :func:`group_combine`.
+
+    Args:
+      flat: ``(D, P)`` values.
+      weights: ``(num_segments, D)``.
+      bounds: ``(num_segments + 1,)`` nondecreasing, from 0 to P.
+    """
+    return _blocked_combine(flat, weights, BlockPlan.of(np.asarray(bounds), _GROUP_BLOCK))
