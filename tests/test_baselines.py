@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from conftest import random_leaves
 
-from corgrad_jax import agreement_rand, agreement_sum, and_mask, mean_gradients, sand_mask
+from corgrad_jax import (
+    agreement_rand,
+    agreement_sum,
+    and_mask,
+    grad_drop,
+    mean_gradients,
+    sand_mask,
+)
+from corgrad_jax._src.agreement import grad_drop_update
 
 
 def leaves_tree(leaves):
@@ -102,3 +110,31 @@ def test_diagnostics_over_many_blocks_equal_float64(rule):
     assert float(state.modification_frequency) == pytest.approx(changed / size, rel=1e-6)
     assert float(state.modification_ratio) == pytest.approx(np.sqrt(removed2 / total2),
                                                             rel=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["agreement_sum", "grad_drop"])
+def test_per_component_rules_keep_every_leaf_in_place(rule, rng):
+    # The small leaves go through these rules concatenated: a large leaf between small
+    # ones, against the rule leaf by leaf (GradDrop with the model's one draw, cut into
+    # the leaves in their order).
+    leaves = random_leaves(rng, 3, [(40,), (3, 3, 8, 1024), (7,), (2, 3)], dtype=np.float32)
+    tx = agreement_sum() if rule == "agreement_sum" else grad_drop(0.3, seed=5)
+    state = tx.init(None)
+    out, new_state = jax.jit(tx.update)(leaves_tree(leaves), state)
+    sizes = [x[0].size for x in leaves]
+    bounds = np.cumsum([0, *sizes])
+    uniform = np.asarray(jax.random.uniform(jax.random.split(state.key)[1], (bounds[-1],)))
+    changed = 0
+    for k, x in enumerate(leaves):
+        if rule == "agreement_sum":
+            agree = np.abs(np.sign(x).sum(0)) == x.shape[0]
+            expected, dropped = np.where(agree, x.sum(0), 0), ~agree
+        else:
+            draws = jnp.asarray(uniform[bounds[k]:bounds[k + 1]].reshape(x.shape[1:]))
+            expected, dropped = grad_drop_update(jnp.asarray(x), draws,
+                                                 jnp.full((3,), 0.3, jnp.float32))
+        np.testing.assert_allclose(out[f"l{k}"], expected, rtol=1e-6,
+                                   atol=1e-6 * np.abs(x).max())
+        changed += int(np.asarray(dropped).sum())
+    assert float(new_state.modification_frequency) == pytest.approx(changed / sum(sizes),
+                                                                     rel=1e-6)

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.pieces import element_sums
+from corgrad_jax._src.pieces import SMALL_LEAF, element_sums
 
 
 def _agreement_mask(stacked: jax.Array) -> jax.Array:
@@ -56,30 +56,52 @@ Draw = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 """``(key, shape, dtype) -> array``, e.g. :func:`jax.random.uniform`."""
 
 
-def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str, draw: Draw | None = None
-                  ) -> optax.GradientTransformationExtraArgs:
+def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str, draw: Draw | None = None,
+                  per_component: bool = False) -> optax.GradientTransformationExtraArgs:
     """A stacked-gradient transformation that applies ``leaf_rule`` leaf by leaf and
     reports :func:`_masked_diagnostics`.
 
     A random rule gets ``draw``'s numbers for every component of the model from one
     call, cut into the leaves: one random-bit generator in the compiled program instead
-    of one per leaf (62 for ResNet18 made GradDrop compile for 7 to 8 s)."""
+    of one per leaf (62 for ResNet18 made GradDrop compile for 7 to 8 s). A rule that
+    decides ``per_component``, with no statistic of its leaf, gets the small leaves
+    (biases, norms: up to :data:`~corgrad_jax._src.pieces.SMALL_LEAF` elements)
+    concatenated as one flat leaf, so that its compile time does not grow with their
+    count."""
 
     def aggregate(
         leaves: Sequence[jax.Array], state: base.StackedGradientState, key: jax.Array
     ) -> tuple[list[jax.Array], base.Diagnostics]:
         del state
-        draws: list[jax.Array | None] = [None] * len(leaves)
-        if draw is not None:
-            sizes = [math.prod(leaf.shape[1:]) for leaf in leaves]
-            every = draw(key, (sum(sizes),), jnp.result_type(*leaves))
-            bounds = np.cumsum([0, *sizes])
-            draws = [every[start:stop].reshape(leaf.shape[1:]).astype(leaf.dtype)
-                     for start, stop, leaf in zip(bounds[:-1], bounds[1:], leaves, strict=True)]
-        results = [leaf_rule(leaf, leaf_draws)
-                   for leaf, leaf_draws in zip(leaves, draws, strict=True)]
+        sizes = [math.prod(leaf.shape[1:]) for leaf in leaves]
+        bounds = np.cumsum([0, *sizes])
+        every = None if draw is None else draw(key, (int(bounds[-1]),),
+                                               jnp.result_type(*leaves))
+        small = [k for k, size in enumerate(sizes) if per_component and size <= SMALL_LEAF]
+        alone = [k for k in range(len(leaves)) if k not in small]
+        # The leaves as the rule sees them: those alone, then the small ones as one.
+        inputs = [leaves[k] for k in alone]
+        cuts = [(bounds[k], bounds[k + 1]) for k in alone]
+        if small:
+            inputs.append(jnp.concatenate([leaves[k].reshape(leaves[k].shape[0], -1)
+                                           for k in small], axis=1))
+        results = []
+        for n, stacked in enumerate(inputs):
+            draws = None
+            if every is not None:
+                draws = (every[cuts[n][0]:cuts[n][1]] if n < len(alone) else jnp.concatenate(
+                    [every[bounds[k]:bounds[k + 1]] for k in small]))
+                draws = draws.reshape(stacked.shape[1:]).astype(stacked.dtype)
+            results.append(leaf_rule(stacked, draws))
         totals, updates, changed = ([r[i] for r in results] for i in range(3))
-        return updates, _masked_diagnostics(totals, updates, changed)
+        outputs: list[jax.Array] = [None] * len(leaves)  # type: ignore[list-item]
+        for n, k in enumerate(alone):
+            outputs[k] = updates[n]
+        if small:
+            ends = np.cumsum([0, *(sizes[k] for k in small)])
+            for k, start, stop in zip(small, ends[:-1], ends[1:], strict=True):
+                outputs[k] = updates[-1][start:stop].reshape(leaves[k].shape[1:])
+        return outputs, _masked_diagnostics(totals, updates, changed)
 
     return base.stacked_transformation(aggregate, seed=seed, name=name)
 
@@ -108,7 +130,7 @@ def agreement_sum() -> optax.GradientTransformationExtraArgs:
         total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
         return total, jnp.where(mask, total, 0), ~mask
 
-    return _element_rule(leaf_rule, seed=0, name="agreement_sum")
+    return _element_rule(leaf_rule, seed=0, name="agreement_sum", per_component=True)
 
 
 def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
@@ -279,7 +301,8 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
         update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
         return base.domain_sum(leaf), update, dropped
 
-    return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=jax.random.uniform)
+    return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=jax.random.uniform,
+                         per_component=True)
 
 
 def sand_mask_update(stacked: jax.Array, tau: jax.Array | float, k: jax.Array | float
