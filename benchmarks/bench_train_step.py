@@ -9,16 +9,18 @@ DomainBed's ERM, one backward pass of the mean loss, the floor of any per-domain
 
 Timings are medians of repeated steps after warm-up, ERM and CorGrad interleaved so
 that both see the same machine load. ``--dtypes float32 bfloat16`` measures every
-setting in both compute dtypes (``--dtype``), interleaved too. Run::
+setting in both compute dtypes (``--dtype``), interleaved too; ``--jit default
+reassociate`` compiles every step both as it is and with
+``corgrad_jax.compiler_options()`` (the README's Performance section). Run::
 
     python benchmarks/bench_train_step.py [--repeats 10] [--dtypes float32 bfloat16]
+        [--jit default reassociate]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import corgrad_jax
 from experiments.data import get_dataset_spec
 from experiments.hparams_registry import default_hparams
 from experiments.models import get_model
@@ -49,6 +52,7 @@ class Setting:
     input_shape: tuple[int, int, int]
     num_classes: int
     dtype: str = "float32"  # the model's compute dtype (--dtype)
+    jit: str = "default"  # how the step is compiled (JITS)
 
 
 SETTINGS = (
@@ -57,7 +61,6 @@ SETTINGS = (
 )
 
 
-@functools.partial(jax.jit, donate_argnums=0)
 def _one_gradient_erm_step(state: trainer.TrainState, batch: dict[str, jax.Array], key: jax.Array):
     """DomainBed's ERM: one gradient of the loss over the concatenated batch."""
     flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
@@ -78,7 +81,15 @@ def _one_gradient_erm_step(state: trainer.TrainState, batch: dict[str, jax.Array
     }
 
 
-_train_step = jax.jit(trainer.train_step, static_argnames=("gradient_method",), donate_argnums=0)
+JITS = ("default", "reassociate")
+_OPTIONS = {jit: {"compiler_options": corgrad_jax.compiler_options()} if jit == "reassociate"
+            else {} for jit in JITS}
+_TRAIN_STEPS = {  # the trainer's step, compiled as it is or with corgrad_jax.compiler_options()
+    jit: jax.jit(trainer.train_step, static_argnames=("gradient_method",), donate_argnums=0,
+                 **_OPTIONS[jit]) for jit in JITS
+}
+_ONE_GRADIENT_STEPS = {jit: jax.jit(_one_gradient_erm_step, donate_argnums=0, **_OPTIONS[jit])
+                       for jit in JITS}
 
 
 def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[], float]:
@@ -104,9 +115,10 @@ def _runner(setting: Setting, algorithm: str, method: str | None) -> Callable[[]
     def step() -> float:
         start = time.perf_counter()
         if method is None:
-            holder["state"], metrics = _one_gradient_erm_step(holder["state"], batch, key)
+            holder["state"], metrics = _ONE_GRADIENT_STEPS[setting.jit](
+                holder["state"], batch, key)
         else:
-            holder["state"], metrics, _ = _train_step(
+            holder["state"], metrics, _ = _TRAIN_STEPS[setting.jit](
                 holder["state"], batch, key, gradient_method=method
             )
         jax.block_until_ready((holder["state"].params, metrics))
@@ -205,6 +217,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16"],
                         help="compute dtypes of the model (--dtype); each is a setting")
+    parser.add_argument("--jit", nargs="+", default=["default"], choices=JITS,
+                        help="compile the step as it is, or with corgrad_jax.compiler_options() "
+                             "(XLA may reorder float sums); each is a setting")
     parser.add_argument("--markdown", default=None, help="also write the tables here")
     args = parser.parse_args()
     rows = []
@@ -213,9 +228,10 @@ def main() -> None:
             continue
         print(f"measuring {base.name} ...", flush=True)
         settings = [
-            dataclasses.replace(base, dtype=dtype, name=f"{base.name}, {dtype}"
-                                if len(args.dtypes) > 1 else base.name)
-            for dtype in args.dtypes
+            dataclasses.replace(base, dtype=dtype, jit=jit, name=", ".join(
+                [base.name] + ([dtype] if len(args.dtypes) > 1 else [])
+                + ([jit] if len(args.jit) > 1 else [])))
+            for dtype in args.dtypes for jit in args.jit
         ]
         rows += measure(settings, tuple(args.methods), args.repeats, args.warmup)
     devices = ", ".join(str(d) for d in jax.devices())
