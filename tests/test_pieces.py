@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 
 import corgrad_jax as cg
-from corgrad_jax._src.pieces import (
-    SMALL_LEAF,
-    PieceLayout,
+from corgrad_jax._src.element_passes import (
     element_sums,
     segment_combine,
     segment_element_sums,
 )
+from corgrad_jax._src.pieces import SMALL_LEAF, PieceLayout
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 from common import resnet18_shapes  # noqa: E402

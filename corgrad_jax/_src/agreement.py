@@ -19,7 +19,8 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.pieces import SMALL_LEAF, element_sums
+from corgrad_jax._src.element_passes import element_sums
+from corgrad_jax._src.pieces import SMALL_LEAF
 
 
 def _agreement_mask(stacked: jax.Array) -> jax.Array:

@@ -33,6 +33,11 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
+from corgrad_jax._src.element_passes import (
+    element_sums,
+    segment_combine,
+    segment_element_sums,
+)
 from corgrad_jax._src.engine import (
     GramRule,
     RuleInputs,
@@ -40,12 +45,7 @@ from corgrad_jax._src.engine import (
     check_gram_options,
     gram_transformation,
 )
-from corgrad_jax._src.pieces import (
-    SMALL_LEAF,
-    element_sums,
-    segment_combine,
-    segment_element_sums,
-)
+from corgrad_jax._src.pieces import SMALL_LEAF
 from corgrad_jax._src.projection import (
     domain_orders,
     dominant_mixing,

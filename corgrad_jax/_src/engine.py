@@ -47,13 +47,8 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.pieces import (
-    GRANULARITIES,
-    SMALL_LEAF,
-    VARIANTS,
-    PieceLayout,
-    element_sums,
-)
+from corgrad_jax._src.element_passes import element_sums
+from corgrad_jax._src.pieces import GRANULARITIES, SMALL_LEAF, VARIANTS, PieceLayout
 
 REDUCTIONS = ("sum", "mean")
 
@@ -276,7 +271,7 @@ def element_diagnostics(flats: Sequence[jax.Array],
     """:func:`weighting_diagnostics` at element granularity, from the values: the share
     of ordered domain pairs of opposite signs over all elements, and
     :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or mean; one pass
-    (:func:`~corgrad_jax._src.pieces.element_sums`) per leaf. It recomputes
+    (:func:`~corgrad_jax._src.element_passes.element_sums`) per leaf. It recomputes
     ``closed_form`` instead of reading the update: sharing the update's intermediates
     made XLA:CPU write them out, which cost more than the recomputation."""
     num_domains = flats[0].shape[0]

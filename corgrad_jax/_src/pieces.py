@@ -20,7 +20,7 @@ all of them.
 Both passes are written for XLA's CPU backend, where they were measured: the Gram pass
 is one variadic reduction that fuses all D(D+1)/2 products (six separate reductions
 read the data D(D+1) times; an ``einsum`` was 12x slower). A variadic reduction
-accumulates sequentially, so it is *blocked*: sums over blocks of ``_BLOCK`` elements,
+accumulates sequentially, so it is *blocked*: sums over blocks of ``BLOCK`` elements,
 then a sum over the blocks, which keeps float32 errors near those of a pairwise sum.
 The short last piece is handled apart instead of padding, which would copy the leaf.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +39,9 @@ from jax import lax
 GRANULARITIES = ("model", "layer", "slice", "element")
 VARIANTS = ("paper", "official")
 
-_BLOCK = 512  # elements per block of the blocked variadic reduction
+BLOCK = 512  # elements per block of the blocked variadic reduction
 _PAIRED = 2  # neighbouring elements whose products are added first (see _pair_sums)
-_GROUP_BLOCK = 64  # elements per block of the concatenated small leaves (see group_gram)
+GROUP_BLOCK = 64  # elements per block of the concatenated small leaves (see group_gram)
 SMALL_LEAF = 65_536  # leaves up to this size are processed together (see group_gram)
 
 
@@ -68,8 +68,8 @@ class LeafPieces:
 
     @property
     def blocked(self) -> bool:
-        """Long pieces are read in blocks of ``_BLOCK`` elements (see :class:`BlockPlan`)."""
-        return self.piece_length >= 2 * _BLOCK
+        """Long pieces are read in blocks of ``BLOCK`` elements (see :class:`BlockPlan`)."""
+        return self.piece_length >= 2 * BLOCK
 
     @property
     def bounds(self) -> np.ndarray:
@@ -78,7 +78,7 @@ class LeafPieces:
         return np.append(np.arange(self.num_pieces) * self.piece_length, self.size)
 
     def block_plan(self) -> BlockPlan:
-        return BlockPlan.of(self.bounds, _BLOCK)
+        return BlockPlan.of(self.bounds, BLOCK)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -222,7 +222,7 @@ def combine_pieces(flat: jax.Array, weights: jax.Array, pieces: LeafPieces) -> j
         per_element = jnp.repeat(weights, pieces.piece_length, axis=0,
                                  total_repeat_length=pieces.size)
         return _weighted_sum(flat, [per_element[:, m] for m in range(num_domains)])
-    return _blocked_combine(flat, weights, pieces.block_plan())
+    return blocked_combine(flat, weights, pieces.block_plan())
 
 
 def _blocked_pair_sums(flat: jax.Array, plan: BlockPlan, num_pieces: int) -> jax.Array:
@@ -243,7 +243,7 @@ def _blocked_pair_sums(flat: jax.Array, plan: BlockPlan, num_pieces: int) -> jax
     return sums
 
 
-def _blocked_combine(flat: jax.Array, weights: jax.Array, plan: BlockPlan) -> jax.Array:
+def blocked_combine(flat: jax.Array, weights: jax.Array, plan: BlockPlan) -> jax.Array:
     """``out^k = sum_m weights[k, m] g_m^k`` over pieces read as ``plan`` says: whole
     blocks with their piece's weights broadcast, then the irregular elements set."""
     num_domains, size = flat.shape
@@ -342,7 +342,7 @@ def group_gram(flats: list[jax.Array], pieces: list[LeafPieces]) -> jax.Array:
     """:func:`piece_gram` of many small leaves at once, ``(sum of num_pieces, D, D)``.
 
     The leaves are concatenated (a cheap copy, as they are small) and read in blocks of
-    :data:`_GROUP_BLOCK` elements, like one long leaf cut at the leaves' and pieces'
+    :data:`GROUP_BLOCK` elements, like one long leaf cut at the leaves' and pieces'
     boundaries (:class:`BlockPlan`): one fused kernel instead of a few per leaf, which
     keeps a ResNet's dozens of BatchNorm and bias leaves from dominating the compile
     time and the kernel launches. (A segment sum of every element's products took 20x
@@ -353,7 +353,7 @@ def group_gram(flats: list[jax.Array], pieces: list[LeafPieces]) -> jax.Array:
     if all(p.piece_length == 1 for p in pieces):  # element granularity
         return _products(flat)[:, _square_index(num_domains)]
     bounds, count = _group_bounds(pieces)
-    sums = _blocked_pair_sums(flat, BlockPlan.of(bounds, _GROUP_BLOCK), count)
+    sums = _blocked_pair_sums(flat, BlockPlan.of(bounds, GROUP_BLOCK), count)
     return sums[:, _square_index(num_domains)]
 
 
@@ -363,7 +363,7 @@ def group_combine(
     """:func:`combine_pieces` of the leaves of :func:`group_gram`, one ``(P,)`` each."""
     flat = jnp.concatenate(flats, axis=1)
     bounds, _ = _group_bounds(pieces)
-    out = _blocked_combine(flat, weights, BlockPlan.of(bounds, _GROUP_BLOCK))
+    out = blocked_combine(flat, weights, BlockPlan.of(bounds, GROUP_BLOCK))
     ends = np.cumsum([0] + [p.size for p in pieces])
     return [out[start:stop] for start, stop in zip(ends[:-1], ends[1:], strict=True)]
 
@@ -395,92 +395,3 @@ def _weighted_sum(flat: jax.Array, weights: list[jax.Array]) -> jax.Array:
     for m in range(1, flat.shape[0]):
         out = out + weights[m] * flat[m]
     return out
-
-
-def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
-                 others: Sequence[jax.Array] = ()) -> list[jax.Array]:
-    """Sums over the elements of a leaf of elementwise functions of its D values, in one
-    pass: ``[sum_p t(g_1[p], ..., g_D[p]) for t in terms]``.
-
-    Written like :func:`piece_gram`: one variadic reduction over blocks of ``_BLOCK``
-    elements of the ``(D, P)`` data (XLA:CPU fuses the row slices and the terms into it;
-    a plain ``jnp.sum`` of a function of several rows first copied each row), then a
-    sum over the blocks, and the short remainder apart. A single term is reduced as the
-    two halves of each block: XLA:CPU (jax 0.10) sends a reduction of one output to a
-    library call that copies its operand first, 3x slower here.
-
-    Args:
-      flat: ``(D, P)`` per-domain values.
-      terms: ``terms(values, others)`` maps the D arrays of values and the matching
-        parts of ``others`` (any common shape) to the arrays to sum (any dtypes).
-      others: ``(P,)`` arrays read alongside, e.g. an update already written.
-
-    Returns:
-      One scalar per term.
-    """
-    num_domains, size = flat.shape
-    full = size // _BLOCK
-    totals: list[jax.Array] | None = None
-    if full:
-        body = flat[:, :full * _BLOCK].reshape(num_domains, full, _BLOCK)
-        values = terms([body[i] for i in range(num_domains)],
-                       [o[:full * _BLOCK].reshape(full, _BLOCK) for o in others])
-        single = len(values) == 1
-        if single:  # two halves of each block: a reduction of one output is slower
-            values = [values[0][:, :_BLOCK // 2], values[0][:, _BLOCK // 2:]]
-        sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
-                          lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)], (1,))
-        totals = [(sums[0] + sums[1]).sum()] if single else [s.sum() for s in sums]
-    if size > full * _BLOCK or totals is None:
-        tail = flat[:, full * _BLOCK:]
-        rest = [v.sum() for v in terms([tail[i] for i in range(num_domains)],
-                                       [o[full * _BLOCK:] for o in others])]
-        totals = rest if totals is None else [a + b for a, b in zip(totals, rest, strict=True)]
-    return totals
-
-
-def segment_element_sums(flat: jax.Array, terms: Callable[[list[jax.Array]], list[jax.Array]],
-                         bounds: np.ndarray) -> list[jax.Array]:
-    """:func:`element_sums` of every segment ``[bounds[s], bounds[s + 1])`` of a flat
-    ``(D, P)`` array, such as the concatenated small leaves: ``(num_segments,)`` per term.
-
-    Read like :func:`group_gram`: one variadic reduction over blocks of
-    :data:`_GROUP_BLOCK` elements (:class:`BlockPlan`), a segment sum of the block sums,
-    and the elements of blocks that straddle two segments apart. One fused kernel for
-    all the segments, where :func:`element_sums` compiles a few per segment.
-
-    Args:
-      flat: ``(D, P)`` per-domain values.
-      terms: maps the D arrays of values (any common shape) to the arrays to sum.
-      bounds: ``(num_segments + 1,)`` nondecreasing, from 0 to P.
-    """
-    num_domains, size = flat.shape
-    num_segments = len(bounds) - 1
-    plan = BlockPlan.of(np.asarray(bounds), _GROUP_BLOCK)
-    prefix = plan.num_blocks * plan.block
-    body = flat[:, :prefix].reshape(num_domains, plan.num_blocks, plan.block)
-    values = terms([body[i] for i in range(num_domains)])
-    block_sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
-                            lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)],
-                            (1,))
-    regular = jnp.asarray(plan.regular)
-    totals = [jax.ops.segment_sum(jnp.where(regular, s, 0), plan.piece_of_block, num_segments,
-                                  indices_are_sorted=True) for s in block_sums]
-    if plan.irregular.size:
-        loose = terms([flat[i, plan.irregular] for i in range(num_domains)])
-        totals = [total + jax.ops.segment_sum(v, plan.piece_of_irregular, num_segments,
-                                              indices_are_sorted=True)
-                  for total, v in zip(totals, loose, strict=True)]
-    return totals
-
-
-def segment_combine(flat: jax.Array, weights: jax.Array, bounds: np.ndarray) -> jax.Array:
-    """``out[p] = sum_m weights[s, m] flat[m, p]`` for p in segment s (cut at ``bounds``,
-    as in :func:`segment_element_sums`), read in blocks like :func:`group_combine`.
-
-    Args:
-      flat: ``(D, P)`` values.
-      weights: ``(num_segments, D)``.
-      bounds: ``(num_segments + 1,)`` nondecreasing, from 0 to P.
-    """
-    return _blocked_combine(flat, weights, BlockPlan.of(np.asarray(bounds), _GROUP_BLOCK))
