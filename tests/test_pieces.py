@@ -121,7 +121,7 @@ def test_segment_sums_and_combine_are_exact(sizes):
     flat = rng.integers(-3, 4, (3, bounds[-1])).astype(np.float32)
     weights = rng.integers(-2, 3, (len(sizes), 3)).astype(np.float32)
 
-    def terms(values):
+    def terms(values, others):
         return [(values[0] * values[1] > 0).astype(jnp.int32), values[0] * values[2]]
 
     sums, combined = jax.jit(lambda f, w: (segment_element_sums(f, terms, bounds),

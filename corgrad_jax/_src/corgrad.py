@@ -117,7 +117,7 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
         if group is not None:
             emptied, *group_squares = (
                 element_sums(group, first_pass) if alpha is None
-                else segment_element_sums(group, lambda v: first_pass(v, []), ends))
+                else segment_element_sums(group, first_pass, ends))
             conflicts = conflicts + emptied.sum()
             if alpha is not None:
                 squares.append(jnp.stack(group_squares, axis=1))
@@ -137,21 +137,20 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
             return element_projection([flat[i] for i in range(num_domains)],
                                       sequential=official)[0]
 
+        def combine(values: list[jax.Array], leaf: int | None) -> jax.Array:
+            """sum_m weights[leaf, m] values[m], or the plain sum without smoothing."""
+            out = values[0] if leaf is None else weights[leaf, 0] * values[0]
+            for m in range(1, num_domains):
+                out = out + (values[m] if leaf is None else weights[leaf, m] * values[m])
+            return out
+
         outputs: list[jax.Array] = [None] * len(flats)  # type: ignore[list-item]
         for k in large:
-            values = projected(flats[k])
-            out = values[0] if alpha is None else weights[k, 0] * values[0]
-            for m in range(1, num_domains):
-                out = out + (values[m] if alpha is None else weights[k, m] * values[m])
-            outputs[k] = out
+            outputs[k] = combine(projected(flats[k]), None if alpha is None else k)
         if group is not None:
             values = projected(group)
-            if alpha is None:
-                out = values[0]
-                for m in range(1, num_domains):
-                    out = out + values[m]
-            else:  # each leaf's weights, read in blocks
-                out = segment_combine(jnp.stack(values), weights[np.array(small)], ends)
+            out = (combine(values, None) if alpha is None  # else each leaf's weights, by block
+                   else segment_combine(jnp.stack(values), weights[np.array(small)], ends))
             for k, start, stop in zip(small, ends[:-1], ends[1:], strict=True):
                 outputs[k] = out[start:stop]
         tests = num_domains * (num_domains - 1) * sum(flat.shape[1] for flat in flats)

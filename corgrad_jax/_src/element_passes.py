@@ -64,7 +64,7 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
     return totals
 
 
-def segment_element_sums(flat: jax.Array, terms: Callable[[list[jax.Array]], list[jax.Array]],
+def segment_element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
                          bounds: np.ndarray) -> list[jax.Array]:
     """:func:`element_sums` of every segment ``[bounds[s], bounds[s + 1])`` of a flat
     ``(D, P)`` array, such as the concatenated small leaves: ``(num_segments,)`` per term.
@@ -76,7 +76,7 @@ def segment_element_sums(flat: jax.Array, terms: Callable[[list[jax.Array]], lis
 
     Args:
       flat: ``(D, P)`` per-domain values.
-      terms: maps the D arrays of values (any common shape) to the arrays to sum.
+      terms: as for :func:`element_sums`, called with no ``others``.
       bounds: ``(num_segments + 1,)`` nondecreasing, from 0 to P.
     """
     num_domains, size = flat.shape
@@ -84,7 +84,7 @@ def segment_element_sums(flat: jax.Array, terms: Callable[[list[jax.Array]], lis
     plan = BlockPlan.of(np.asarray(bounds), GROUP_BLOCK)
     prefix = plan.num_blocks * plan.block
     body = flat[:, :prefix].reshape(num_domains, plan.num_blocks, plan.block)
-    values = terms([body[i] for i in range(num_domains)])
+    values = terms([body[i] for i in range(num_domains)], [])
     block_sums = lax.reduce(values, [jnp.zeros((), v.dtype) for v in values],
                             lambda acc, new: [x + y for x, y in zip(acc, new, strict=True)],
                             (1,))
@@ -92,7 +92,7 @@ def segment_element_sums(flat: jax.Array, terms: Callable[[list[jax.Array]], lis
     totals = [jax.ops.segment_sum(jnp.where(regular, s, 0), plan.piece_of_block, num_segments,
                                   indices_are_sorted=True) for s in block_sums]
     if plan.irregular.size:
-        loose = terms([flat[i, plan.irregular] for i in range(num_domains)])
+        loose = terms([flat[i, plan.irregular] for i in range(num_domains)], [])
         totals = [total + jax.ops.segment_sum(v, plan.piece_of_irregular, num_segments,
                                               indices_are_sorted=True)
                   for total, v in zip(totals, loose, strict=True)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -64,7 +65,7 @@ def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any,
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram, axis1=1, axis2=2), 0))  # (K, D)
     # The D(D-1) corrections run as one loop whose body is compiled once: unrolled, they
     # compiled to hundreds of small kernels (3.7 s at D=5), for 0.8 ms of work.
-    steps = (jnp.repeat(jnp.arange(num_domains), num_domains - 1),  # i of each step
+    steps = (np.repeat(np.arange(num_domains), num_domains - 1),  # i of each step
              jnp.swapaxes(orders, 0, 1).reshape(-1, num_domains).astype(dtype))  # e_j
 
     def correct_one(carry: tuple[jax.Array, ...], step_of: tuple[jax.Array, jax.Array]
