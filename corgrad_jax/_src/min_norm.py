@@ -155,7 +155,7 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     gram = jnp.where(usable[:, None, None], gram / jnp.where(usable, trace, 1)[:, None, None], 0)
     # Sums over the short domain axis as explicit adds (see solvers.inner).
     b = last_sum(gram) / num_domains  # (K, D)
-    phi = c * jnp.sqrt(jnp.maximum(last_sum(b), 0) * num_domains) / num_domains  # (K,)
+    phi = c * jnp.sqrt(jnp.maximum(last_sum(last_sum(gram)), 0)) / num_domains  # (K,)
     supports = jnp.asarray(active_sets(num_domains)[1:])  # (S, D): every non-empty support
     floor = PIVOT_RTOL[dtype] * jnp.ones((num_pieces, 1), dtype)
     ones = supports.astype(dtype)[None].repeat(num_pieces, 0)  # (K, S, D)
