@@ -30,6 +30,7 @@ from corgrad_jax._src.engine import (
     state_dtype,
 )
 from corgrad_jax._src.projection import domain_orders
+from corgrad_jax._src.solvers import inner, matvec
 
 
 def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any, eps: float
@@ -74,12 +75,12 @@ def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any,
         i, onehot = step_of
         current = lax.dynamic_index_in_dim(coeffs, i, axis=1, keepdims=False)  # (K, D)
         goals = lax.dynamic_index_in_dim(targets, i, axis=1, keepdims=False)
-        pushed = _terms_sum([current[:, m, None] * gram[:, m] for m in range(num_domains)])
-        inner = _dot(pushed, onehot)  # c_i G e_j
-        norm_i = jnp.sqrt(jnp.maximum(_dot(pushed, current), 0))
-        norm_j = _dot(norms, onehot)
-        similarity = inner / (norm_i * norm_j + eps)
-        target = _dot(goals, onehot)
+        pushed = matvec(gram, current)  # G c_i (G is symmetric)
+        similar = inner(pushed, onehot)  # c_i G e_j
+        norm_i = jnp.sqrt(jnp.maximum(inner(pushed, current), 0))
+        norm_j = inner(norms, onehot)
+        similarity = similar / (norm_i * norm_j + eps)
+        target = inner(goals, onehot)
         correct = similarity < target
         room = jnp.sqrt(jnp.maximum(1 - target**2, 0))
         step = norm_i * (target * jnp.sqrt(jnp.maximum(1 - similarity**2, 0))
@@ -101,19 +102,6 @@ def vaccinate(gram: jax.Array, targets: jax.Array, orders: jax.Array, beta: Any,
              jnp.zeros((pieces,), jnp.float32))
     (coeffs, targets, corrected, ratios), _ = lax.scan(correct_one, start, steps)
     return coeffs, targets, corrected.sum(), ratios.sum()
-
-
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``(a * b).sum(-1)`` over the short domain axis, as explicit multiply-adds (exact in
-    float32 on every backend, where a matrix product may round through bfloat16)."""
-    return _terms_sum([a[..., m] * b[..., m] for m in range(a.shape[-1])])
-
-
-def _terms_sum(terms: list[jax.Array]) -> jax.Array:
-    out = terms[0]
-    for term in terms[1:]:
-        out = out + term
-    return out
 
 
 def grad_vac(
