@@ -179,6 +179,31 @@ def test_element_closed_form_keeps_every_leaf_in_place(name, rng):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7 * np.abs(x).max())
 
 
+@pytest.mark.parametrize("name", [n for n in GRAM_RULES
+                                  if n not in ("grad_vac", "nash_mtl", "corgrad")])
+@pytest.mark.parametrize("num_domains", [3, 5])
+def test_element_diagnostics_describe_the_update(name, num_domains, rng):
+    # The share of opposite signs and ||u - u0|| / ||u0|| at element granularity, in
+    # float32, against float64 sums of the update it returned: large leaves (one with a
+    # tail of 17 past its blocks) between small ones, which are concatenated.
+    leaves = random_leaves(rng, num_domains, [(40,), (3, 3, 8, 1024), (7,), (70_001,), (3, 4)],
+                           dtype=np.float32)
+    leaves[1][:, :100] *= 1e-3  # some below torchjd's norm_eps threshold
+    leaves[3][0, :50] = 0.0
+    tx = GRAM_RULES[name]("element")
+    tree = {f"l{k}": jnp.asarray(x) for k, x in enumerate(leaves)}
+    out, state = jax.jit(tx.update)(tree, tx.init(None))
+    update = np.concatenate([np.asarray(out[f"l{k}"], np.float64).ravel()
+                             for k in range(len(leaves))])
+    values = np.concatenate([x.reshape(num_domains, -1) for x in leaves], axis=1).astype(np.float64)
+    plain = values.sum(0) / (1 if name == "con_fig" else num_domains)
+    pairs = 2 * (values > 0).sum(0) * (values < 0).sum(0)
+    assert float(state.modification_frequency) == pytest.approx(
+        pairs.sum() / (values.shape[1] * num_domains * (num_domains - 1)), rel=1e-6)
+    assert float(state.modification_ratio) == pytest.approx(
+        np.linalg.norm(update - plain) / np.linalg.norm(plain), rel=1e-4, abs=1e-6)
+
+
 def _sliced(name: str, num_slices: int) -> optax.GradientTransformation:
     factories = {
         "upgrad": lambda: cg.upgrad(granularity="slice", num_slices=num_slices),

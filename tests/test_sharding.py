@@ -50,7 +50,7 @@ PARTITIONED_SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from corgrad_jax import corgrad, pcgrad, and_mask, partitioned
+    from corgrad_jax import corgrad, pcgrad, and_mask, partitioned, upgrad
     mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("domain", "data"))
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     grads = {"conv": jax.random.normal(keys[0], (4, 3, 3, 8, 16)),
@@ -70,7 +70,7 @@ PARTITIONED_SCRIPT = textwrap.dedent(
 
     cases = [(corgrad(num_slices=10), {}), (corgrad(granularity="layer"), {}),
              (corgrad(num_slices=3, variant="official"), {"keep_leading_axis": True}),
-             (pcgrad(), {}), (and_mask(), {})]
+             (pcgrad(), {}), (and_mask(), {}), (upgrad(granularity="element"), {})]
     for inner, options in cases:
         tx = partitioned(probe(inner), ("domain", "data"), **options)
         single = jax.jit(inner.update)(jax.device_put(grads, jax.devices()[0]), inner.init(None))[0]

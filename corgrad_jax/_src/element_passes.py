@@ -64,6 +64,37 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
     return totals
 
 
+def unfused(fn: Callable[[jax.Array], jax.Array], flat: jax.Array, after: jax.Array
+            ) -> jax.Array:
+    """``fn(flat)``, an elementwise function, computed in a loop of its own on XLA:CPU,
+    so that a reduction of it reads its result rather than recomputing it, and after
+    ``after`` is known.
+
+    XLA fuses an elementwise producer into the reduction that consumes it, and XLA:CPU
+    runs a fused reduction one element at a time unless it may reassociate float sums
+    (:func:`~corgrad_jax.compiler_options`): a closed form with divisions and selects
+    then runs at scalar speed, several times its vectorized loop. Its result, written
+    once and read once, costs two passes of one array. XLA:CPU removes an
+    ``optimization_barrier`` before it fuses, but it does not fuse across a
+    conditional; so ``fn`` goes into both branches of one, whose predicate
+    (``after == after``, false only where ``after`` is NaN, and then the other branch is
+    the same) XLA cannot fold. Chaining each call to the previous one's result through
+    ``after`` keeps one such array live at a time: XLA:CPU allocates its temporaries
+    afresh at every call, and past 32 MB (glibc's largest ``mmap`` threshold) each
+    first touch of a page is a page fault. On other platforms XLA fuses such reductions
+    well, and ``fn(flat)`` is returned as it is (``lax.platform_dependent``).
+
+    Args:
+      fn: an elementwise function of the ``(D, P)`` array.
+      flat: ``(D, P)``.
+      after: a scalar to wait for.
+    """
+    def on_cpu(values: jax.Array) -> jax.Array:
+        return lax.cond(after == after, fn, fn, values)
+
+    return lax.platform_dependent(flat, cpu=on_cpu, default=fn)
+
+
 def segment_element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
                          bounds: np.ndarray) -> list[jax.Array]:
     """:func:`element_sums` of every segment ``[bounds[s], bounds[s + 1])`` of a flat

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base
-from corgrad_jax._src.element_passes import element_sums
+from corgrad_jax._src.element_passes import element_sums, unfused
 from corgrad_jax._src.pieces import GRANULARITIES, SMALL_LEAF, VARIANTS, PieceLayout
 
 REDUCTIONS = ("sum", "mean")
@@ -267,31 +267,48 @@ def gram_transformation(
 
 def element_diagnostics(flats: Sequence[jax.Array],
                         closed_form: Callable[[list[jax.Array]], jax.Array],
-                        plain: float) -> base.Diagnostics:
+                        plain: float, apart: bool = False) -> base.Diagnostics:
     """:func:`weighting_diagnostics` at element granularity, from the values: the share
     of ordered domain pairs of opposite signs over all elements, and
     :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or mean; one pass
-    (:func:`~corgrad_jax._src.element_passes.element_sums`) per leaf. It recomputes
-    ``closed_form`` instead of reading the update: sharing the update's intermediates
-    made XLA:CPU write them out, which cost more than the recomputation."""
+    (:func:`~corgrad_jax._src.element_passes.element_sums`) per leaf.
+
+    It recomputes ``closed_form`` instead of reading the update: sharing the update's
+    intermediates made XLA:CPU split the closed form into several loops that write them
+    out. With ``apart``, the squares :math:`(u_p - u_{0,p})^2` are computed in a loop of
+    their own and then summed
+    (:func:`~corgrad_jax._src.element_passes.unfused`), which pays where the closed form
+    run one element at a time costs more than a second pass over one array."""
     num_domains = flats[0].shape[0]
 
-    def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
-        del others
-        positive = sum((v > 0).astype(jnp.int32) for v in values)
-        negative = sum((v < 0).astype(jnp.int32) for v in values)
+    def plain_sum(values: list[jax.Array]) -> jax.Array:
         total = values[0]
         for v in values[1:]:
             total = total + v
-        total = plain * total
-        return [2 * positive * negative, jnp.square(closed_form(values) - total),
-                jnp.square(total)]
+        return plain * total
+
+    def change_squares(flat: jax.Array) -> jax.Array:
+        values = [flat[i] for i in range(num_domains)]
+        return jnp.square(closed_form(values) - plain_sum(values))
+
+    def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
+        positive = sum((v > 0).astype(jnp.int32) for v in values)
+        negative = sum((v < 0).astype(jnp.int32) for v in values)
+        total = plain_sum(values)
+        change = others[0] if others else jnp.square(closed_form(values) - total)
+        return [2 * positive * negative, change, jnp.square(total)]
 
     pairs = jnp.zeros((), jnp.int32)
     change2 = jnp.zeros((), flats[0].dtype)
     plain2 = jnp.zeros((), flats[0].dtype)
+    previous = None  # one leaf after the other: one array of squares live at a time
     for flat in flats:
-        leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms)
+        if not flat.shape[1]:
+            continue
+        squares = [unfused(change_squares, flat, flat[0, 0] if previous is None else previous)
+                   ] if apart else []
+        leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms, squares)
+        previous = leaf_plain2
         pairs, change2, plain2 = pairs + leaf_pairs, change2 + leaf_change2, plain2 + leaf_plain2
     size = sum(flat.shape[1] for flat in flats)
     frequency = pairs.astype(jnp.float32) / max(size * num_domains * (num_domains - 1), 1)
@@ -299,10 +316,17 @@ def element_diagnostics(flats: Sequence[jax.Array],
     return base.Diagnostics(frequency, ratio, jnp.zeros((), jnp.float32))
 
 
-def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_reduction: str
-                ) -> ElementFn:
+def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_reduction: str,
+                costly: bool = False) -> ElementFn:
     """An :data:`ElementFn` from a closed form ``values -> update``, where ``values`` are
-    the D per-domain ``(P,)`` arrays of a leaf, with :func:`element_diagnostics`."""
+    the D per-domain ``(P,)`` arrays of a leaf, with :func:`element_diagnostics`.
+
+    ``costly`` marks a closed form with several divisions per element (UPGrad, DualProj,
+    CAGrad): the diagnostics then sum its squares computed apart. By default XLA:CPU
+    runs a fused reduction one element at a time, and recomputing such a closed form
+    inside it cost 3-5x the update itself (README, Performance); apart, the diagnostics
+    cost a loop and one more array, also with reassociation, where the fused reduction
+    is vectorized and cheaper."""
 
     def element(flats: list[jax.Array], inputs: RuleInputs
                 ) -> tuple[list[jax.Array], base.Diagnostics, Any]:
@@ -323,6 +347,6 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
                 outputs[k] = results[-1][start:stop]
         plain = 1.0 if native_reduction == "sum" else 1.0 / num_domains
         return ([outputs[k] for k in range(len(flats))],
-                element_diagnostics(groups, closed_form, plain), inputs.state)
+                element_diagnostics(groups, closed_form, plain, costly), inputs.state)
 
     return element
