@@ -147,6 +147,14 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     candidate goes below 0, where the optimum is :math:`g_w = 0`. The weights are
     :math:`\\mathbb 1 / D + (\\phi / \\|g_w\\|) w^\\star`, or 0 where :math:`\\|g_w\\| <`
     ``norm_eps`` (torchjd's rule).
+
+    The systems on every support are solved once for both (:func:`solve_on_subsets`,
+    right-hand sides :math:`\\mathbb 1` and :math:`b_F`), on :math:`G + (\\delta / D) I`
+    with :math:`\\delta = \\max(` ``norm_eps`` :math:`^2, 10\\,\\varepsilon)`: the ridge
+    makes every support regular for the min-norm point :math:`z_1 / \\mathbb 1^\\top z_1`
+    (:func:`simplex_minimum`), and moves the dual's candidates by about
+    :math:`\\delta` relative to the trace-normalized :math:`G`. Two eliminations took
+    0.24 ms and 0.25 s of compile more on 620 pieces at D=5.
     """
     num_pieces, num_domains, _ = gram.shape
     dtype = jnp.dtype(gram.dtype)
@@ -160,7 +168,11 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     floor = PIVOT_RTOL[dtype] * jnp.ones((num_pieces, 1), dtype)
     ones = supports.astype(dtype)[None].repeat(num_pieces, 0)  # (K, S, D)
     rhs = jnp.stack([ones, ones * b[:, None]], axis=-1)  # (K, S, D, 2)
-    solution, valid = solve_on_subsets(gram[:, None], supports[None], rhs, floor)
+    # One elimination per support for both the dual and the test of 0 in the hull: on
+    # G + delta I / D, the ridge that makes every support regular for the latter.
+    delta = jnp.maximum(jnp.asarray(norm_eps, dtype) ** 2, 10 * float(jnp.finfo(dtype).eps))
+    ridged = gram + (delta / num_domains) * jnp.eye(num_domains, dtype=dtype)
+    solution, valid = solve_on_subsets(ridged[:, None], supports[None], rhs, floor)
     z1, zb = solution[..., 0], solution[..., 1]
     a, beta = last_sum(z1), last_sum(zb)
     gamma = inner(b[:, None], zb)
@@ -182,10 +194,12 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     weights = jnp.take_along_axis(candidates, best[:, None, None], axis=1)[:, 0]
     best_objective = jnp.take_along_axis(objective, best[:, None], axis=1)[:, 0]
     gw_norm = jnp.sqrt(jnp.take_along_axis(norm2, best[:, None], axis=1)[:, 0])
-    # Is 0 in the hull? Its min-norm point, with a ridge so that every support is regular.
-    delta = jnp.maximum(jnp.asarray(norm_eps, dtype) ** 2, 10 * float(jnp.finfo(dtype).eps))
-    nearest = simplex_minimum(gram, delta / num_domains)
-    min_norm2 = quadratic_form(nearest, gram)
+    # Is 0 in the hull? Its min-norm point z1 / 1'z1 on the best support (simplex_minimum).
+    points = z1 / jnp.where(a > 0, a, 1)[..., None]
+    inside = valid & (a > 0) & last_all(points >= -tiny)
+    min_norm2 = jnp.minimum(
+        jnp.min(jnp.where(inside, quadratic_form(points, gram[:, None]), jnp.inf), axis=1),
+        jnp.min(jnp.diagonal(gram, axis1=1, axis2=2), axis=1))  # the vertices
     zero_in_hull = min_norm2 <= delta
     zero = ~usable | (gw_norm < norm_eps) | (zero_in_hull & (best_objective >= 0))
     scale = phi / jnp.where(gw_norm > 0, gw_norm, 1)
