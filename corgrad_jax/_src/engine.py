@@ -287,16 +287,14 @@ def element_diagnostics(flats: Sequence[jax.Array],
             total = total + v
         return plain * total
 
-    def change_squares(flat: jax.Array) -> jax.Array:
-        values = [flat[i] for i in range(num_domains)]
+    def change_squares(values: list[jax.Array]) -> jax.Array:
         return jnp.square(closed_form(values) - plain_sum(values))
 
     def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
         positive = sum((v > 0).astype(jnp.int32) for v in values)
         negative = sum((v < 0).astype(jnp.int32) for v in values)
-        total = plain_sum(values)
-        change = others[0] if others else jnp.square(closed_form(values) - total)
-        return [2 * positive * negative, change, jnp.square(total)]
+        change = others[0] if others else change_squares(values)
+        return [2 * positive * negative, change, jnp.square(plain_sum(values))]
 
     pairs = jnp.zeros((), jnp.int32)
     change2 = jnp.zeros((), flats[0].dtype)
@@ -305,8 +303,8 @@ def element_diagnostics(flats: Sequence[jax.Array],
     for flat in flats:
         if not flat.shape[1]:
             continue
-        squares = [unfused(change_squares, flat, flat[0, 0] if previous is None else previous)
-                   ] if apart else []
+        squares = [unfused(lambda rows: change_squares(list(rows)), flat,
+                           flat[0, 0] if previous is None else previous)] if apart else []
         leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms, squares)
         previous = leaf_plain2
         pairs, change2, plain2 = pairs + leaf_pairs, change2 + leaf_change2, plain2 + leaf_plain2

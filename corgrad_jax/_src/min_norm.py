@@ -40,6 +40,7 @@ from corgrad_jax._src.solvers import (
     last_all,
     last_sum,
     quadratic_form,
+    simplex_candidates,
     simplex_minimum,
     solve_on_subsets,
 )
@@ -194,12 +195,8 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     weights = jnp.take_along_axis(candidates, best[:, None, None], axis=1)[:, 0]
     best_objective = jnp.take_along_axis(objective, best[:, None], axis=1)[:, 0]
     gw_norm = jnp.sqrt(jnp.take_along_axis(norm2, best[:, None], axis=1)[:, 0])
-    # Is 0 in the hull? Its min-norm point z1 / 1'z1 on the best support (simplex_minimum).
-    points = z1 / jnp.where(a > 0, a, 1)[..., None]
-    inside = valid & (a > 0) & last_all(points >= -tiny)
-    min_norm2 = jnp.minimum(
-        jnp.min(jnp.where(inside, quadratic_form(points, gram[:, None]), jnp.inf), axis=1),
-        jnp.min(jnp.diagonal(gram, axis1=1, axis2=2), axis=1))  # the vertices
+    # Is 0 in the hull? Its min-norm point is a candidate z1 / 1'z1 (simplex_minimum).
+    min_norm2 = jnp.min(simplex_candidates(z1, valid, gram)[1], axis=1)
     zero_in_hull = min_norm2 <= delta
     zero = ~usable | (gw_norm < norm_eps) | (zero_in_hull & (best_objective >= 0))
     scale = phi / jnp.where(gw_norm > 0, gw_norm, 1)

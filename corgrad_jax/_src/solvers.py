@@ -231,6 +231,33 @@ def frank_wolfe_min_norm(gram: jax.Array, epsilon: jax.Array | float, max_iters:
     return alpha
 
 
+def simplex_candidates(z: jax.Array, valid: jax.Array, gram: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """The candidates of :func:`simplex_minimum` from the solutions
+    :math:`z = (G + \\delta I)_{FF}^{-1} \\mathbb 1` on every support F: the points
+    :math:`z / \\mathbb 1^\\top z` and the D vertices, with their :math:`w^\\top G w`
+    (infinite where a point is infeasible).
+
+    Args:
+      z: ``(K, S, D)`` solutions on the S supports; ``valid``: ``(K, S)``, False where a
+        support's system was singular.
+      gram: ``(K, D, D)``, the matrix :math:`G` of the objective.
+
+    Returns:
+      ``(points, objective)``: ``(K, S + D, D)`` and ``(K, S + D)``.
+    """
+    num_pieces, num_domains, _ = gram.shape
+    dtype = jnp.dtype(gram.dtype)
+    total = last_sum(z)[..., None]
+    points = z / jnp.where(total > 0, total, 1)
+    feasible = valid & (total[..., 0] > 0) & last_all(points >= -FEASIBILITY_RTOL[dtype])
+    eye = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), (num_pieces, num_domains,
+                                                               num_domains))
+    points = jnp.concatenate([points, eye], axis=1)
+    feasible = jnp.concatenate([feasible, jnp.ones((num_pieces, num_domains), bool)], axis=1)
+    return points, jnp.where(feasible, quadratic_form(points, gram[:, None]), jnp.inf)
+
+
 def simplex_minimum(gram: jax.Array, ridge: jax.Array | float = 0.0) -> jax.Array:
     """:math:`\\arg\\min_{w \\in \\Delta} w^\\top (G + \\delta I) w` for every piece: the
     min-norm point of the convex hull of the rows (Désidéri 2012), by enumeration of the
@@ -239,9 +266,10 @@ def simplex_minimum(gram: jax.Array, ridge: jax.Array | float = 0.0) -> jax.Arra
     On a support F the KKT conditions :math:`(G + \\delta I)_{FF} w_F = \\lambda
     \\mathbb 1`, :math:`\\mathbb 1^\\top w_F = 1` give :math:`w_F = z / \\mathbb 1^\\top z`,
     :math:`z = (G + \\delta I)_{FF}^{-1} \\mathbb 1`; the feasible candidate of least
-    :math:`w^\\top G w` wins (vertices are always feasible). A ridge
-    :math:`\\delta > 0` makes every support's system regular, so that a hull that holds 0
-    on a face of dependent rows gives a point of norm at most :math:`\\sqrt\\delta`.
+    :math:`w^\\top G w` wins (vertices are always feasible;
+    :func:`simplex_candidates`). A ridge :math:`\\delta > 0` makes every support's system
+    regular, so that a hull that holds 0 on a face of dependent rows gives a point of
+    norm at most :math:`\\sqrt\\delta`.
 
     Args:
       gram: ``(K, D, D)`` positive semi-definite matrices.
@@ -260,14 +288,6 @@ def simplex_minimum(gram: jax.Array, ridge: jax.Array | float = 0.0) -> jax.Arra
                             (num_pieces, *supports.shape, 1))
     z, valid = solve_on_subsets(regular[:, None], supports[None], ones,
                                 (PIVOT_RTOL[dtype] * trace)[:, None])
-    z = z[..., 0]
-    total = last_sum(z)[..., None]
-    points = z / jnp.where(total > 0, total, 1)
-    feasible = valid & (total[..., 0] > 0) & last_all(points >= -FEASIBILITY_RTOL[dtype])
-    eye = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), (num_pieces, num_domains,
-                                                               num_domains))
-    points = jnp.concatenate([points, eye], axis=1)
-    feasible = jnp.concatenate([feasible, jnp.ones((num_pieces, num_domains), bool)], axis=1)
-    objective = jnp.where(feasible, quadratic_form(points, gram[:, None]), jnp.inf)
+    points, objective = simplex_candidates(z[..., 0], valid, gram)
     best = jnp.argmin(objective, axis=1)
     return jnp.take_along_axis(points, best[:, None, None], axis=1)[:, 0]
