@@ -267,7 +267,7 @@ def gram_transformation(
 
 def element_diagnostics(flats: Sequence[jax.Array],
                         closed_form: Callable[[list[jax.Array]], jax.Array],
-                        plain: float, apart: bool = False) -> base.Diagnostics:
+                        plain: float, costly: bool = False) -> base.Diagnostics:
     """:func:`weighting_diagnostics` at element granularity, from the values: the share
     of ordered domain pairs of opposite signs over all elements, and
     :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or mean; one pass
@@ -275,8 +275,8 @@ def element_diagnostics(flats: Sequence[jax.Array],
 
     It recomputes ``closed_form`` instead of reading the update: sharing the update's
     intermediates made XLA:CPU split the closed form into several loops that write them
-    out. With ``apart``, the squares :math:`(u_p - u_{0,p})^2` are computed in a loop of
-    their own and then summed
+    out. For a ``costly`` closed form (:func:`elementwise`), the squares
+    :math:`(u_p - u_{0,p})^2` are computed in a loop of their own and then summed
     (:func:`~corgrad_jax._src.element_passes.unfused`), which pays where the closed form
     run one element at a time costs more than a second pass over one array."""
     num_domains = flats[0].shape[0]
@@ -304,7 +304,7 @@ def element_diagnostics(flats: Sequence[jax.Array],
         if not flat.shape[1]:
             continue
         squares = [unfused(lambda rows: change_squares(list(rows)), flat,
-                           flat[0, 0] if previous is None else previous)] if apart else []
+                           flat[0, 0] if previous is None else previous)] if costly else []
         leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms, squares)
         previous = leaf_plain2
         pairs, change2, plain2 = pairs + leaf_pairs, change2 + leaf_change2, plain2 + leaf_plain2
@@ -322,7 +322,7 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
     ``costly`` marks a closed form with several divisions per element (UPGrad, DualProj,
     CAGrad): the diagnostics then sum its squares computed apart. By default XLA:CPU
     runs a fused reduction one element at a time, and recomputing such a closed form
-    inside it cost 3-5x the update itself (README, Performance); apart, the diagnostics
+    inside it cost 5-7x the update itself (README, Performance); apart, the diagnostics
     cost a loop and one more array, also with reassociation, where the fused reduction
     is vectorized and cheaper."""
 

@@ -43,6 +43,7 @@ from corgrad_jax._src.solvers import (
     simplex_candidates,
     simplex_minimum,
     solve_on_subsets,
+    with_vertices,
 )
 
 RESCALES = ("none", "quadratic", "linear")
@@ -183,10 +184,7 @@ def cagrad_weights(gram: jax.Array, c: Any, norm_eps: Any) -> jax.Array:
     root = jnp.sqrt(jnp.where(ok, discriminant, 1))
     nu = (beta + root) / jnp.where(ok, a, 1)
     candidates = (nu[..., None] * z1 - zb) / root[..., None]  # (K, S, D)
-    eye = jnp.eye(num_domains, dtype=dtype)
-    candidates = jnp.concatenate([candidates, jnp.broadcast_to(eye, (num_pieces, *eye.shape))],
-                                 axis=1)  # vertices: always candidates
-    ok = jnp.concatenate([ok, jnp.ones((num_pieces, num_domains), bool)], axis=1)
+    candidates, ok = with_vertices(candidates, ok)
     feasible = ok & last_all(candidates >= -tiny)
     norm2 = jnp.maximum(quadratic_form(candidates, gram[:, None]), 0)
     objective = inner(candidates, b[:, None]) + phi[:, None] * jnp.sqrt(norm2)

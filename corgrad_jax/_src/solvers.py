@@ -246,16 +246,23 @@ def simplex_candidates(z: jax.Array, valid: jax.Array, gram: jax.Array
     Returns:
       ``(points, objective)``: ``(K, S + D, D)`` and ``(K, S + D)``.
     """
-    num_pieces, num_domains, _ = gram.shape
-    dtype = jnp.dtype(gram.dtype)
     total = last_sum(z)[..., None]
     points = z / jnp.where(total > 0, total, 1)
-    feasible = valid & (total[..., 0] > 0) & last_all(points >= -FEASIBILITY_RTOL[dtype])
-    eye = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), (num_pieces, num_domains,
-                                                               num_domains))
-    points = jnp.concatenate([points, eye], axis=1)
-    feasible = jnp.concatenate([feasible, jnp.ones((num_pieces, num_domains), bool)], axis=1)
+    feasible = valid & (total[..., 0] > 0) & last_all(
+        points >= -FEASIBILITY_RTOL[jnp.dtype(gram.dtype)])
+    points, feasible = with_vertices(points, feasible)
     return points, jnp.where(feasible, quadratic_form(points, gram[:, None]), jnp.inf)
+
+
+def with_vertices(points: jax.Array, feasible: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(K, S, D)`` candidate points on the simplex and their ``(K, S)`` feasibility,
+    followed by the D vertices :math:`e_i`, always feasible: ``(K, S + D, D)`` and
+    ``(K, S + D)``."""
+    num_pieces, _, num_domains = points.shape
+    eye = jnp.broadcast_to(jnp.eye(num_domains, dtype=points.dtype),
+                           (num_pieces, num_domains, num_domains))
+    return (jnp.concatenate([points, eye], axis=1),
+            jnp.concatenate([feasible, jnp.ones((num_pieces, num_domains), bool)], axis=1))
 
 
 def simplex_minimum(gram: jax.Array, ridge: jax.Array | float = 0.0) -> jax.Array:
