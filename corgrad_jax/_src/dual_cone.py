@@ -186,7 +186,7 @@ def upgrad(
         return RuleResult(box_minimum(regular, lower))  # (K, D, D): row i is v^(i)
 
     rule = GramRule(coefficients, native_reduction="mean", element=elementwise(
-        lambda values: upgrad_element(values, norm_eps, reg_eps), "mean", costly=True))
+        lambda values: upgrad_element(values, norm_eps, reg_eps), "mean"))
     return gram_transformation(rule, granularity=granularity, num_slices=num_slices,
                                reduction=reduction, seed=0, name="upgrad")
 
@@ -241,6 +241,6 @@ def dual_proj(
         return RuleResult(box_minimum(regular, lower)[:, 0])
 
     rule = GramRule(coefficients, native_reduction="mean", element=elementwise(
-        lambda values: dual_proj_element(values, norm_eps, reg_eps), "mean", costly=True))
+        lambda values: dual_proj_element(values, norm_eps, reg_eps), "mean"))
     return gram_transformation(rule, granularity=granularity, num_slices=num_slices,
                                reduction=reduction, seed=0, name="dual_proj")

@@ -73,17 +73,17 @@ def unfused(fn: Callable[[jax.Array], jax.Array], flat: jax.Array, after: jax.Ar
     XLA fuses an elementwise producer into the reduction that consumes it, and XLA:CPU
     runs a fused reduction one element at a time unless it may reassociate float sums
     (:func:`~corgrad_jax.compiler_options`): a closed form with divisions and selects
-    then runs at scalar speed, several times its vectorized loop. Its result, written
-    once and read once, costs two passes of one array. XLA:CPU removes an
+    then runs at scalar speed, several times its vectorized loop. XLA:CPU removes an
     ``optimization_barrier`` before it fuses, but it does not fuse across a
     conditional; so ``fn`` goes into both branches of one, whose predicate
     (``after == after``, false only where ``after`` is NaN, and then the other branch is
-    the same) XLA cannot fold. Chaining each call to the previous one's result through
-    ``after`` keeps one such array live at a time: XLA:CPU allocates its temporaries at
-    every call, and ResNet18's 47 MB of them at once page-faulted on every call (12,000
-    faults, as glibc maps blocks over 32 MB afresh); one leaf's at a time, about none.
-    On other platforms XLA fuses such reductions well, and ``fn(flat)`` is returned as
-    it is (``lax.platform_dependent``).
+    the same) XLA cannot fold. Chaining the calls through ``after`` runs them in turn:
+    for the element updates (:func:`~corgrad_jax._src.engine.elementwise`) that was
+    faster with reassociation than letting them run side by side, and it keeps any
+    temporaries of one call live at a time (XLA:CPU allocates them at every call; 47 MB
+    of them at once page-faulted on every call, as glibc maps blocks over 32 MB
+    afresh). On other platforms XLA fuses such reductions well, and ``fn(flat)`` is
+    returned as it is (``lax.platform_dependent``).
 
     Args:
       fn: an elementwise function of the ``(D, P)`` array.

@@ -265,48 +265,38 @@ def gram_transformation(
         init_rule_state=None if rule.init_state is None else init_rule_state)
 
 
-def element_diagnostics(flats: Sequence[jax.Array],
-                        closed_form: Callable[[list[jax.Array]], jax.Array],
-                        plain: float, costly: bool = False) -> base.Diagnostics:
-    """:func:`weighting_diagnostics` at element granularity, from the values: the share
-    of ordered domain pairs of opposite signs over all elements, and
-    :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or mean; one pass
-    (:func:`~corgrad_jax._src.element_passes.element_sums`) per leaf.
+def element_diagnostics(flats: Sequence[jax.Array], updates: Sequence[jax.Array],
+                        plain: float) -> base.Diagnostics:
+    """:func:`weighting_diagnostics` at element granularity, from the values and the
+    update written: the share of ordered domain pairs of opposite signs over all
+    elements, and :math:`\\|u - u_0\\| / \\|u_0\\|` with :math:`u_0` the plain sum or
+    mean; one pass (:func:`~corgrad_jax._src.element_passes.element_sums`) per leaf.
 
-    It recomputes ``closed_form`` instead of reading the update: sharing the update's
-    intermediates made XLA:CPU split the closed form into several loops that write them
-    out. For a ``costly`` closed form (:func:`elementwise`), the squares
-    :math:`(u_p - u_{0,p})^2` are computed in a loop of their own and then summed
-    (:func:`~corgrad_jax._src.element_passes.unfused`), which pays where the closed form
-    run one element at a time costs more than a second pass over one array."""
+    Args:
+      flats: ``(D, P)`` values of each leaf (or group of leaves).
+      updates: the ``(P,)`` update of each, already computed, in a loop that XLA cannot
+        fuse into this pass (:func:`elementwise`).
+      plain: 1 (:math:`u_0` the sum) or 1/D (the mean).
+    """
     num_domains = flats[0].shape[0]
-
-    def plain_sum(values: list[jax.Array]) -> jax.Array:
-        total = values[0]
-        for v in values[1:]:
-            total = total + v
-        return plain * total
-
-    def change_squares(values: list[jax.Array]) -> jax.Array:
-        return jnp.square(closed_form(values) - plain_sum(values))
 
     def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
         positive = sum((v > 0).astype(jnp.int32) for v in values)
         negative = sum((v < 0).astype(jnp.int32) for v in values)
-        change = others[0] if others else change_squares(values)
-        return [2 * positive * negative, change, jnp.square(plain_sum(values))]
+        total = values[0]
+        for v in values[1:]:
+            total = total + v
+        baseline = plain * total
+        return [2 * positive * negative, jnp.square(others[0] - baseline),
+                jnp.square(baseline)]
 
     pairs = jnp.zeros((), jnp.int32)
     change2 = jnp.zeros((), flats[0].dtype)
     plain2 = jnp.zeros((), flats[0].dtype)
-    previous = None  # one leaf after the other: one array of squares live at a time
-    for flat in flats:
+    for flat, update in zip(flats, updates, strict=True):
         if not flat.shape[1]:
             continue
-        squares = [unfused(lambda rows: change_squares(list(rows)), flat,
-                           flat[0, 0] if previous is None else previous)] if costly else []
-        leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms, squares)
-        previous = leaf_plain2
+        leaf_pairs, leaf_change2, leaf_plain2 = element_sums(flat, terms, [update])
         pairs, change2, plain2 = pairs + leaf_pairs, change2 + leaf_change2, plain2 + leaf_plain2
     size = sum(flat.shape[1] for flat in flats)
     frequency = pairs.astype(jnp.float32) / max(size * num_domains * (num_domains - 1), 1)
@@ -314,17 +304,18 @@ def element_diagnostics(flats: Sequence[jax.Array],
     return base.Diagnostics(frequency, ratio, jnp.zeros((), jnp.float32))
 
 
-def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_reduction: str,
-                costly: bool = False) -> ElementFn:
+def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_reduction: str
+                ) -> ElementFn:
     """An :data:`ElementFn` from a closed form ``values -> update``, where ``values`` are
     the D per-domain ``(P,)`` arrays of a leaf, with :func:`element_diagnostics`.
 
-    ``costly`` marks a closed form with several divisions per element (UPGrad, DualProj,
-    CAGrad): the diagnostics then sum its squares computed apart. By default XLA:CPU
-    runs a fused reduction one element at a time, and recomputing such a closed form
-    inside it cost 5-7x the update itself (README, Performance); apart, the diagnostics
-    cost a loop and one more array, also with reassociation, where the fused reduction
-    is vectorized and cheaper."""
+    Each leaf's update is computed in a loop of its own
+    (:func:`~corgrad_jax._src.element_passes.unfused`), and the diagnostics' pass reads
+    it. Left to itself, XLA fuses the closed form into that reduction, which XLA:CPU
+    runs one element at a time unless it may reassociate float sums: recomputing the
+    closed form there cost 1.5-5x the floor by default (README, Performance). The
+    leaves take their turns (each loop waits for the previous leaf's update), which
+    was faster with reassociation and keeps their order fixed."""
 
     def element(flats: list[jax.Array], inputs: RuleInputs
                 ) -> tuple[list[jax.Array], base.Diagnostics, Any]:
@@ -337,7 +328,14 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
         groups = [flats[k] for k in large]
         if small:
             groups.append(jnp.concatenate([flats[k] for k in small], axis=1))
-        results = [closed_form([group[i] for i in range(num_domains)]) for group in groups]
+        results: list[jax.Array] = []
+        after = jnp.zeros((), flats[0].dtype)
+        for group in groups:
+            if not group.shape[1]:
+                results.append(closed_form(list(group)))
+                continue
+            results.append(unfused(lambda rows: closed_form(list(rows)), group, after))
+            after = results[-1][0]
         outputs = dict(zip(large, results[:len(large)], strict=True))
         if small:
             ends = np.cumsum([0] + [flats[k].shape[1] for k in small])
@@ -345,6 +343,6 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
                 outputs[k] = results[-1][start:stop]
         plain = 1.0 if native_reduction == "sum" else 1.0 / num_domains
         return ([outputs[k] for k in range(len(flats))],
-                element_diagnostics(groups, closed_form, plain, costly), inputs.state)
+                element_diagnostics(groups, results, plain), inputs.state)
 
     return element

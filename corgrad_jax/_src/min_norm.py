@@ -292,6 +292,6 @@ def cagrad(
         return RuleResult(cagrad_weights(gram, c, norm_eps) / divisor)
 
     rule = GramRule(coefficients, native_reduction="mean", element=elementwise(
-        lambda values: cagrad_element(values, c, norm_eps) / divisor, "mean", costly=True))
+        lambda values: cagrad_element(values, c, norm_eps) / divisor, "mean"))
     return gram_transformation(rule, granularity=granularity, num_slices=num_slices,
                                reduction=reduction, seed=0, name="cagrad")
