@@ -165,6 +165,20 @@ def test_element_closed_form_equals_the_rule_on_rank_one_gram_matrices(name, num
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7 * np.abs(x).max())
 
 
+@pytest.mark.parametrize("name", ["upgrad", "dual_proj"])
+@pytest.mark.parametrize("scale", [1e-1, 1e14])
+def test_normalized_closed_forms_scale_in_float32(name, scale, rng):
+    # UPGrad and DualProj normalize G by its trace, so their closed forms are positively
+    # homogeneous; in float32 they must stay so for gradients far from 1 (no product of
+    # three or more gradient-sized factors, which overflows at |g| ~ 1e13).
+    leaves = random_leaves(rng, 5, [(3, 3, 8, 1024)], dtype=np.float32)
+    base = apply(GRAM_RULES[name]("element"), leaves)[0]
+    scaled = apply(GRAM_RULES[name]("element"), [leaves[0] * np.float32(scale)])[0]
+    assert np.all(np.isfinite(scaled))
+    np.testing.assert_allclose(scaled, np.float32(scale) * base, rtol=2e-5,
+                               atol=1e-6 * scale * np.abs(leaves[0]).max())
+
+
 @pytest.mark.parametrize("name", [n for n in GRAM_RULES
                                   if n not in ("grad_vac", "nash_mtl", "corgrad")])
 def test_element_closed_form_keeps_every_leaf_in_place(name, rng):

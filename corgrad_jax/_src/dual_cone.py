@@ -121,7 +121,8 @@ def dual_proj_element(values: list[jax.Array], norm_eps: Any, reg_eps: Any) -> j
             member = (aligned[j] < 0) & (-aligned[j] >= -aligned[k])
             magnitude = magnitude + jnp.where(member, -aligned[j], 0)
             mass = mass + jnp.where(member, aligned[j] * aligned[j], 0)
-        candidate = scaled * (sign * total + magnitude) / (num_domains * (scaled + mass))
+        # Divided before the product: eps t (...) overflows float32 at |g| ~ 1e13.
+        candidate = scaled * ((sign * total + magnitude) / (num_domains * (scaled + mass)))
         best = jnp.where(aligned[k] < 0, jnp.minimum(best, candidate), best)
     return jnp.where(usable, sign * best, total / num_domains)
 
