@@ -37,6 +37,7 @@ from corgrad_jax._src.element_passes import (
     element_sums,
     segment_combine,
     segment_element_sums,
+    unfused,
 )
 from corgrad_jax._src.engine import (
     GramRule,
@@ -144,9 +145,16 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
                 out = out + (values[m] if leaf is None else weights[leaf, m] * values[m])
             return out
 
+        # Each large leaf's sum in a loop of its own over the flat values, the leaves in
+        # turn (element_passes.unfused): XLA:CPU otherwise iterates the fused loop over
+        # the leaf's shape, and a PyTorch kernel's minor dimension of 3 does not vectorize.
         outputs: list[jax.Array] = [None] * len(flats)  # type: ignore[list-item]
+        after = conflicts
         for k in large:
-            outputs[k] = combine(projected(flats[k]), None if alpha is None else k)
+            outputs[k] = unfused(
+                lambda rows, k=k: combine(projected(rows), None if alpha is None else k),
+                flats[k], after)
+            after = outputs[k][0]
         if group is not None:
             values = projected(group)
             out = (combine(values, None) if alpha is None  # else each leaf's weights, by block

@@ -329,12 +329,13 @@ def elementwise(closed_form: Callable[[list[jax.Array]], jax.Array], native_redu
         if small:
             groups.append(jnp.concatenate([flats[k] for k in small], axis=1))
         results: list[jax.Array] = []
-        after = jnp.zeros((), flats[0].dtype)
+        after = None  # a value of the data: XLA would fold a constant predicate
         for group in groups:
             if not group.shape[1]:
                 results.append(closed_form(list(group)))
                 continue
-            results.append(unfused(lambda rows: closed_form(list(rows)), group, after))
+            results.append(unfused(lambda rows: closed_form(list(rows)), group,
+                                   group[0, 0] if after is None else after))
             after = results[-1][0]
         outputs = dict(zip(large, results[:len(large)], strict=True))
         if small:
