@@ -37,7 +37,7 @@ from corgrad_jax._src.element_passes import (
     element_sums,
     segment_combine,
     segment_element_sums,
-    unfused,
+    unfused_in_turn,
 )
 from corgrad_jax._src.engine import (
     GramRule,
@@ -146,15 +146,14 @@ def corgrad_rule(alpha: AlphaLike, *, shuffle: bool, official: bool) -> GramRule
             return out
 
         # Each large leaf's sum in a loop of its own over the flat values, the leaves in
-        # turn (element_passes.unfused): XLA:CPU otherwise iterates the fused loop over
-        # the leaf's shape, and a PyTorch kernel's minor dimension of 3 does not vectorize.
+        # turn: XLA:CPU otherwise iterates the fused loop over the leaf's shape, and a
+        # PyTorch kernel's minor dimension of 3 does not vectorize.
         outputs: list[jax.Array] = [None] * len(flats)  # type: ignore[list-item]
-        after = conflicts
-        for k in large:
-            outputs[k] = unfused(
-                lambda rows, k=k: combine(projected(rows), None if alpha is None else k),
-                flats[k], after)
-            after = outputs[k][0]
+        sums = unfused_in_turn(
+            [lambda rows, k=k: combine(projected(rows), None if alpha is None else k)
+             for k in large], [flats[k] for k in large])
+        for k, out in zip(large, sums, strict=True):
+            outputs[k] = out
         if group is not None:
             values = projected(group)
             out = (combine(values, None) if alpha is None  # else each leaf's weights, by block

@@ -78,7 +78,7 @@ def unfused(fn: Callable[[jax.Array], jax.Array], flat: jax.Array, after: jax.Ar
     conditional; so ``fn`` goes into both branches of one, whose predicate
     (``after == after``, false only where ``after`` is NaN, and then the other branch is
     the same) XLA cannot fold. Chaining the calls through ``after`` runs them in turn:
-    for the element updates (:func:`~corgrad_jax._src.engine.elementwise`) that was
+    for the element updates (:func:`unfused_in_turn`) that was
     faster with reassociation than letting them run side by side, and it keeps any
     temporaries of one call live at a time (XLA:CPU allocates them at every call; 47 MB
     of them at once page-faulted on every call, as glibc maps blocks over 32 MB
@@ -94,6 +94,22 @@ def unfused(fn: Callable[[jax.Array], jax.Array], flat: jax.Array, after: jax.Ar
         return lax.cond(after == after, fn, fn, values)
 
     return lax.platform_dependent(flat, cpu=on_cpu, default=fn)
+
+
+def unfused_in_turn(fns: Sequence[Callable[[jax.Array], jax.Array]],
+                    flats: Sequence[jax.Array]) -> list[jax.Array]:
+    """``[fn(flat) for fn, flat in zip(fns, flats)]``, each in a loop of its own
+    (:func:`unfused`) that waits for the previous one's result: the leaves in turn, which
+    was faster with reassociation than side by side. An empty array is left to XLA."""
+    results: list[jax.Array] = []
+    after = None  # a value of the data: XLA would fold a constant predicate
+    for fn, flat in zip(fns, flats, strict=True):
+        if not flat.size:
+            results.append(fn(flat))
+            continue
+        results.append(unfused(fn, flat, flat[0, 0] if after is None else after))
+        after = results[-1].reshape(-1)[0]
+    return results
 
 
 def segment_element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
