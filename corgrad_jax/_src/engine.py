@@ -283,10 +283,7 @@ def element_diagnostics(flats: Sequence[jax.Array], updates: Sequence[jax.Array]
     def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
         positive = sum((v > 0).astype(jnp.int32) for v in values)
         negative = sum((v < 0).astype(jnp.int32) for v in values)
-        total = values[0]
-        for v in values[1:]:
-            total = total + v
-        baseline = plain * total
+        baseline = plain * base.domain_sum(jnp.stack(values))
         return [2 * positive * negative, jnp.square(others[0] - baseline),
                 jnp.square(baseline)]
 
