@@ -94,14 +94,16 @@ def test_mean_reduction_and_schedule(rng):
     assert int(state.count) == 3
 
 
-def test_shuffle_draws_an_order_per_domain_every_step(rng):
+@pytest.mark.parametrize("variant", ["paper", "official"])  # Jacobi, Gauss-Seidel steps
+def test_shuffle_draws_an_order_per_domain_every_step(variant, rng):
     leaves = random_leaves(rng, 3, [(40,)], shared=0.0)
     candidates = []
     others = [[j for j in range(3) if j != i] for i in range(3)]
     for perms in itertools.product(*[list(itertools.permutations(o)) for o in others]):
-        out, _ = corgrad_oracle(leaves, num_slices=4, alpha=None, orders=[list(p) for p in perms])
+        out, _ = corgrad_oracle(leaves, num_slices=4, alpha=None, variant=variant,
+                                orders=[list(p) for p in perms])
         candidates.append(out[0])
-    tx = corgrad(4, None, shuffle=True, seed=3)
+    tx = corgrad(4, None, shuffle=True, seed=3, variant=variant)
     state = tx.init(None)
     seen = set()
     with jax.enable_x64(True):

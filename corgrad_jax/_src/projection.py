@@ -27,6 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from corgrad_jax._src.solvers import inner, matvec
 
@@ -101,22 +102,17 @@ def project_conflicts(
       gradients, the number of negative inner products among the ``K D (D - 1)`` tests,
       and the sum over the modified tests of ``||removed|| / ||g_i^k before||``.
     """
-    num_pieces, num_domains, _ = gram.shape
+    num_domains = gram.shape[-1]
     dtype = jnp.dtype(gram.dtype)
     eps, rtol = _CONFLICT_EPS[dtype], _TIE_RTOL[dtype]
     original2 = jnp.diagonal(gram, axis1=1, axis2=2)  # (K, D): ||g_i^k||^2
-    coeffs = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), gram.shape)
-    conflicts = jnp.zeros((), jnp.float32)
-    ratio_sum = jnp.zeros((), jnp.float32)
 
-    def project(current: jax.Array, reference: jax.Array, onehot: jax.Array,
-                rows: jax.Array) -> jax.Array:
-        nonlocal conflicts, ratio_sum
+    def project(current: jax.Array, reference: jax.Array, original_i2: jax.Array,
+                original_j2: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        # current, reference: (K, D', D) coefficients; original_*2: (K, D') squared norms.
         product = _bilinear(current, gram, reference)
         reference2 = _bilinear(reference, gram, reference)
         current2 = _bilinear(current, gram, current)
-        original_i2 = inner(original2[:, None, :], rows)
-        original_j2 = inner(original2[:, None, :], onehot)
         nonzero = reference2 > rtol**2 * original_j2
         conflict = (product < -eps * jnp.sqrt(original_i2 * original_j2)) & nonzero
         safe_reference2 = jnp.where(conflict, reference2, 1)
@@ -124,23 +120,39 @@ def project_conflicts(
         # Modification ratio, as the official code logs it: ||removed|| / ||g_i before||
         # with ||removed|| = |<g_i, g_j>| / ||g_j||.
         ratio = jnp.abs(product) / jnp.sqrt(safe_reference2 * jnp.where(conflict, current2, 1))
-        conflicts = conflicts + conflict.sum(dtype=jnp.float32)
-        ratio_sum = ratio_sum + jnp.where(conflict & (current2 > 0), ratio, 0).sum(
-            dtype=jnp.float32)
-        return current - step[..., None] * reference
+        return (current - step[..., None] * reference, conflict.sum(dtype=jnp.float32),
+                jnp.where(conflict & (current2 > 0), ratio, 0).sum(dtype=jnp.float32))
 
-    eye = jnp.eye(num_domains, dtype=dtype)
+    coeffs = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), gram.shape)
     if not sequential:  # all domains advance together against original pieces
-        for onehot in orders:  # (D, D): row i is e_{j_i(s)}
-            reference = jnp.broadcast_to(onehot.astype(dtype), gram.shape)
-            coeffs = project(coeffs, reference, onehot.astype(dtype)[None], eye[None])
-    else:
-        for i in range(num_domains):
-            for onehot in orders[:, i]:  # (D,): e_{j_i(s)}
-                reference = (onehot.astype(dtype)[None, :, None] * coeffs).sum(1)  # (K, D)
-                current = project(coeffs[:, i:i + 1], reference[:, None],
-                                  onehot.astype(dtype)[None, None], eye[i][None, None])
-                coeffs = coeffs.at[:, i].set(current[:, 0])
+        conflicts = ratio_sum = jnp.zeros((), jnp.float32)
+        for onehot in orders.astype(dtype):  # (D, D): row i is e_{j_i(s)}
+            coeffs, count, ratios = project(coeffs, jnp.broadcast_to(onehot, gram.shape),
+                                            original2, inner(original2[:, None, :], onehot))
+            conflicts, ratio_sum = conflicts + count, ratio_sum + ratios
+        return coeffs, conflicts, ratio_sum
+
+    # Domain i's row meets the current rows j in turn. The D (D - 1) steps run as one
+    # loop whose body is compiled once: unrolled, on ResNet18's 620 slices at D = 5, they
+    # compiled in 6.2 s and ran in 2.4 ms; as a loop, 0.26 s and 0.6 ms.
+    rows = np.repeat(np.arange(num_domains), num_domains - 1)  # i of each step
+    references = jnp.argmax(jnp.swapaxes(orders, 0, 1).reshape(-1, num_domains), -1)  # j
+
+    def project_one(carry: tuple[jax.Array, jax.Array, jax.Array],
+                    step: tuple[jax.Array, jax.Array]
+                    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
+        coeffs, conflicts, ratio_sum = carry
+        i, j = step
+        current, count, ratios = project(
+            lax.dynamic_slice_in_dim(coeffs, i, 1, axis=1),
+            lax.dynamic_slice_in_dim(coeffs, j, 1, axis=1),
+            lax.dynamic_slice_in_dim(original2, i, 1, axis=1),
+            lax.dynamic_slice_in_dim(original2, j, 1, axis=1))
+        return (lax.dynamic_update_slice_in_dim(coeffs, current, i, axis=1),
+                conflicts + count, ratio_sum + ratios), None
+
+    start = (coeffs, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (coeffs, conflicts, ratio_sum), _ = lax.scan(project_one, start, (rows, references))
     return coeffs, conflicts, ratio_sum
 
 
