@@ -13,6 +13,7 @@ from conftest import random_leaves
 from oracle import corgrad_oracle
 
 from corgrad_jax import corgrad, log_decay_schedule, pcgrad
+from corgrad_jax._src.projection import element_projection
 
 SHAPES = [(6, 4, 3, 3), (7,), (13, 5), (), (2, 3)]  # conv, bias, linear, scalar, tiny
 
@@ -68,6 +69,34 @@ def test_element_granularity_with_large_and_small_leaves_matches_oracle(variant,
         assert diag(state, name) == pytest.approx(value, rel=1e-5, abs=1e-7), name
     if alpha is not None:  # the smoothing acts, and differently on different leaves
         assert 0 < diag(state, "dominant_fraction") < 1
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+@pytest.mark.parametrize("num_domains", [2, 3, 5])
+def test_element_projection_is_the_projection_loop_on_scalars(sequential, num_domains, rng):
+    # One element per piece: g_i meets every other domain's value (its projected one
+    # in the official order, when j < i) and is emptied by the first of opposite sign.
+    # Values from {-2, ..., 2} with zeros, NaN and infinities: the closed form must keep
+    # what the loop keeps (zeros with their sign, NaN) and empty what it empties.
+    values = rng.integers(-2, 3, (num_domains, 4000)).astype(np.float32)
+    values[0, ::97], values[-1, ::83], values[-1, ::79] = np.nan, np.inf, -np.inf
+    values[1, ::89] = -0.0
+    projected, emptied = jax.jit(lambda v: element_projection(list(v), sequential=sequential))(
+        jnp.asarray(values))
+    expected = values.copy()
+    for i in range(num_domains):
+        for j in range(num_domains):
+            reference = expected[j] if sequential else values[j]
+            with np.errstate(invalid="ignore"):  # inf * 0 is NaN, which does not conflict
+                conflict = expected[i] * reference < 0
+            if j != i:
+                expected[i] = np.where(conflict, np.float32(0), expected[i])
+    conflicts = ((expected == 0) & (values != 0) & ~np.isnan(values)).sum(0)
+    for got, want in zip(projected, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(np.signbit(np.asarray(got)), np.signbit(want))
+    np.testing.assert_array_equal(np.asarray(emptied), conflicts)
+    assert 0 < conflicts.sum() < values.size  # the data has both kinds
 
 
 @pytest.mark.parametrize("granularity", ["layer", "slice"])

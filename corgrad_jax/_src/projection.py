@@ -245,20 +245,22 @@ def element_projection(values: list[jax.Array], *, sequential: bool
       The D projected arrays and the number of emptied domains per element (int32).
     """
     num_domains = len(values)
-    projected: list[jax.Array] = []
-    emptied = jnp.zeros(values[0].shape, jnp.int32)
     if not sequential:
+        # Domain i is emptied when another has the opposite sign: so either the signs
+        # are mixed and every signed value is emptied (zeros and NaN stay), or none is.
         positive = sum((v > 0).astype(jnp.int32) for v in values)
         negative = sum((v < 0).astype(jnp.int32) for v in values)
+        mixed = (positive > 0) & (negative > 0)
+        return ([jnp.where(mixed & ((v > 0) | (v < 0)), jnp.zeros_like(v), v) for v in values],
+                jnp.where(mixed, positive + negative, 0))
+    projected: list[jax.Array] = []
+    emptied = jnp.zeros(values[0].shape, jnp.int32)
     for i, value in enumerate(values):
-        if sequential:
-            references = [projected[j] if j < i else values[j]
-                          for j in range(num_domains) if j != i]
-            conflict = value * references[0] < 0
-            for reference in references[1:]:
-                conflict = conflict | (value * reference < 0)
-        else:
-            conflict = ((value > 0) & (negative > 0)) | ((value < 0) & (positive > 0))
+        references = [projected[j] if j < i else values[j]
+                      for j in range(num_domains) if j != i]
+        conflict = value * references[0] < 0
+        for reference in references[1:]:
+            conflict = conflict | (value * reference < 0)
         projected.append(jnp.where(conflict, jnp.zeros_like(value), value))
         emptied = emptied + conflict.astype(jnp.int32)
     return projected, emptied
