@@ -279,17 +279,20 @@ def element_diagnostics(flats: Sequence[jax.Array], updates: Sequence[jax.Array]
       plain: 1 (:math:`u_0` the sum) or 1/D (the mean).
     """
     num_domains = flats[0].shape[0]
+    # Every sum in one float type, at least float32, the pair count included: exact up
+    # to 2^24 pairs per leaf in float32, within float32 rounding beyond (as the
+    # frequency is). With an int32 count beside the float sums, XLA:CPU (jax 0.10) ran
+    # this pass 1.5-2x slower, and it takes no float types of different precisions.
+    dtype = jnp.promote_types(flats[0].dtype, jnp.float32)
 
     def terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
-        positive = sum((v > 0).astype(jnp.int32) for v in values)
-        negative = sum((v < 0).astype(jnp.int32) for v in values)
-        baseline = plain * base.domain_sum(jnp.stack(values))
-        return [2 * positive * negative, jnp.square(others[0] - baseline),
+        positive = sum((v > 0).astype(dtype) for v in values)
+        negative = sum((v < 0).astype(dtype) for v in values)
+        baseline = (plain * base.domain_sum(jnp.stack(values))).astype(dtype)
+        return [2 * positive * negative, jnp.square(others[0].astype(dtype) - baseline),
                 jnp.square(baseline)]
 
-    pairs = jnp.zeros((), jnp.int32)
-    change2 = jnp.zeros((), flats[0].dtype)
-    plain2 = jnp.zeros((), flats[0].dtype)
+    pairs = change2 = plain2 = jnp.zeros((), dtype)
     for flat, update in zip(flats, updates, strict=True):
         if not flat.shape[1]:
             continue
