@@ -10,7 +10,7 @@ steps (two test environments, one trial), each evaluated at its first and last s
 finish in about half of the 10 minutes allowed on a slow 2-core machine (5.1 min there
 in a brand-new venv, install and compilation included). A step of MNIST_CNN on 5 domains
 x 64 examples is about 0.44 GFLOP per example, 140 GFLOP per step: the steps are most of
-the time (0.7-1.5 s each on such machines), then the evaluations (5,000 examples each).
+the time (0.7-1.6 s each on such machines), then the evaluations (5,000 examples each).
 Everything else is DomainBed's: default hparams (Adam, lr 1e-3, 64 examples per domain
 and step), MNIST_CNN, a 20% holdout.
 
