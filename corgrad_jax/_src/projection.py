@@ -124,6 +124,7 @@ def project_conflicts(
                 jnp.where(conflict & (current2 > 0), ratio, 0).sum(dtype=jnp.float32))
 
     coeffs = jnp.broadcast_to(jnp.eye(num_domains, dtype=dtype), gram.shape)
+    start = (coeffs, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     if not sequential:  # all domains advance together against original pieces
         # The D - 1 steps run as one loop whose body is compiled once, as the sequential
         # steps below do: on 620 slices at D = 5 this compiled in 0.34 s instead of
@@ -136,7 +137,6 @@ def project_conflicts(
                                             original2, inner(original2[:, None, :], onehot))
             return (coeffs, conflicts + count, ratio_sum + ratios), None
 
-        start = (coeffs, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         (coeffs, conflicts, ratio_sum), _ = lax.scan(project_all, start, orders.astype(dtype))
         return coeffs, conflicts, ratio_sum
 
@@ -159,7 +159,6 @@ def project_conflicts(
         return (lax.dynamic_update_slice_in_dim(coeffs, current, i, axis=1),
                 conflicts + count, ratio_sum + ratios), None
 
-    start = (coeffs, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     (coeffs, conflicts, ratio_sum), _ = lax.scan(project_one, start, (rows, references))
     return coeffs, conflicts, ratio_sum
 
