@@ -1,6 +1,7 @@
 """Speed of the official PyTorch ``correct_grad`` on ResNet18's parameters, against the
-same NumPy memory floor as ``bench_corgrad.py`` (``common.memory_floor``: D reads and one
-write into a preallocated output), timed in interleaved rounds in one run.
+NumPy memory floor that ``bench_corgrad.py`` prints as its one-core reference row
+(``common.memory_floor``: D reads and one write into a preallocated output, on one
+thread, as ``--threads 1`` runs torch), timed in interleaved rounds in one run.
 
 Needs torch (a CPU build) and a checkout of the official repository; neither is a
 dependency of this project and no official code is shipped here::

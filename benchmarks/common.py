@@ -46,8 +46,11 @@ FLOOR_BLOCK = 262_144  # elements per block of the floor: D + 1 blocks of 1 MiB 
 
 
 def memory_floor(num_domains: int, size: int) -> tuple[list[np.ndarray], Callable[[], None]]:
-    """D random flat float32 gradients, and NumPy reading them once and writing their sum:
-    what any aggregation must at least pay (D reads and one write of ``size`` floats).
+    """D random flat float32 gradients, and NumPy reading them once and writing their sum
+    on one thread: what one core pays for D reads and one write of ``size`` floats. The
+    JAX benchmarks' floor is the jitted sum on every core (``bench_corgrad.jitted_floor``);
+    this one is their reference row on the CPU, and the floor of the one-thread torch
+    benchmark.
 
     The sum goes into a preallocated output whose pages are touched before any timing;
     a fresh output on every call (as an earlier version of this floor did) times the
@@ -107,8 +110,13 @@ def two_pass_limit(num_domains: int) -> float:
     return (2 * num_domains + 1) / (num_domains + 1)
 
 
+FLOOR_NOISE = 0.95  # the ERM mean does the floor's work and one scaling: about 1.0x
+
+
 def floor_warnings(ratios: dict[str, float]) -> list[str]:
-    """Lines that flag every method measured below the floor: a floor beaten is no floor,
-    so such a figure points at the measurement, not at the method."""
-    return [f"WARNING: {name} ran at {ratio:.2f}x the memory floor (< 1.0x): the floor or "
-            "this measurement is suspect." for name, ratio in ratios.items() if ratio < 1.0]
+    """Lines that flag every method measured below the floor, by more than the noise of
+    interleaved medians (:data:`FLOOR_NOISE`): a floor beaten is no floor, so such a
+    figure points at the measurement, not at the method."""
+    return [f"WARNING: {name} ran at {ratio:.2f}x the memory floor (< {FLOOR_NOISE}x): the "
+            "floor or this measurement is suspect."
+            for name, ratio in ratios.items() if ratio < FLOOR_NOISE]
