@@ -66,7 +66,11 @@ def jitted_floor(grads: dict) -> Callable[[], object]:
     machine, and it uses every core XLA uses. NumPy's one-thread floor
     (``common.memory_floor``, kept as a reference row) is no floor on the 2-core machine
     of this release: one core moved 9.5 GB/s where XLA's two moved 19.7, so the jitted
-    ERM mean ran at 0.49x of it (9.5 against 19.6 ms at D=3, one run)."""
+    ERM mean ran at 0.49x of it (9.5 against 19.6 ms at D=3, one run).
+
+    Returns:
+      A callable that computes the sum once and returns it, a pytree like ``grads``
+      without the domain axis."""
     num_domains = next(iter(grads.values())).shape[0]
     add = jax.jit(lambda tree: jax.tree.map(
         lambda leaf: functools.reduce(operator.add, [leaf[i] for i in range(num_domains)]),

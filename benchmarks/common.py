@@ -45,7 +45,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 FLOOR_BLOCK = 262_144  # elements per block of the floor: D + 1 blocks of 1 MiB stay in cache
 
 
-def memory_floor(num_domains: int, size: int) -> tuple[list[np.ndarray], Callable[[], None]]:
+def memory_floor(num_domains: int, size: int
+                 ) -> tuple[list[np.ndarray], Callable[[], np.ndarray]]:
     """D random flat float32 gradients, and NumPy reading them once and writing their sum
     on one thread: what one core pays for D reads and one write of ``size`` floats. The
     JAX benchmarks' floor is the jitted sum on every core (``bench_corgrad.jitted_floor``);
@@ -60,19 +61,21 @@ def memory_floor(num_domains: int, size: int) -> tuple[list[np.ndarray], Callabl
     ``out = a0 + a1; out += a2; ...`` reads and writes the output D - 1 times.
 
     Returns:
-      ``(flat, floor)``: the D arrays and a callable that computes their sum once.
+      ``(flat, floor)``: the D arrays and a callable that computes their sum once (into
+      the same output every time, which it returns).
     """
     rng = np.random.default_rng(0)
     flat = [rng.standard_normal(size, dtype=np.float32) for _ in range(num_domains)]
     out = np.ones(size, np.float32)  # every page touched before the timing
 
-    def floor() -> None:
+    def floor() -> np.ndarray:
         for start in range(0, size, FLOOR_BLOCK):
             stop = min(start + FLOOR_BLOCK, size)
             block = out[start:stop]
             np.add(flat[0][start:stop], flat[1][start:stop], out=block)
             for extra in flat[2:]:
                 np.add(block, extra[start:stop], out=block)
+        return out
 
     floor()
     return flat, floor
