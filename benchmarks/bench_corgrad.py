@@ -6,14 +6,14 @@ Every figure is the median of ``--repeats`` interleaved rounds after warm-up (ea
 times every method once, so the load of a shared machine weighs on all alike), and every
 ratio divides two times measured in this one run.
 
-* floor: the jitted sum ``g[0] + ... + g[D-1]`` of the same stacked pytree, leaf by leaf
-  (``jitted_floor``): D reads and one write, what any aggregation must at least pay, on
-  every core XLA uses and on any backend;
-* ERM mean: a jitted ``mean_gradients`` update of the same pytree, the floor's work and
-  one scaling, so about 1.0x;
-* NumPy, one core (on the CPU): NumPy reading the D x P floats once and writing P into a
-  preallocated, touched output (``common.memory_floor``), a reference that says what
-  one core's memory traffic costs;
+* floor: the least time of three programs that read the D x P floats once and write P,
+  what any aggregation must at least pay (``common.least_floor``):
+  - the jitted sum ``g[0] + ... + g[D-1]`` of the same stacked pytree, leaf by leaf
+    (``jitted_floor``), on every core XLA uses and on any backend;
+  - the ERM mean: a jitted ``mean_gradients`` update of the same pytree (the sum and one
+    scaling, fused), once per compilation;
+  - on the CPU, NumPy's sum on one core into a preallocated, touched output
+    (``common.memory_floor``);
 * two-pass limit: a Gram pass and a combine pass read the D x P floats twice and write P
   once, ``(2D + 1) / (D + 1)`` floors (1.75x at D=3, 1.83x at D=5);
 * compile: the first call of the jitted update (tracing + XLA compile).
@@ -47,26 +47,27 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import (  # noqa: E402
     floor_warnings,
     interleaved_medians,
+    least_floor,
     memory_floor,
     resnet18_shapes,
     two_pass_limit,
 )
 
 ERM = "ERM mean (jitted mean_gradients)"
-FLOOR = "floor (jitted sum: D reads + 1 write)"
-NUMPY = "NumPy, one core (reference)"
+FLOOR = "jitted sum (D reads + 1 write)"
+NUMPY = "NumPy sum, one core"
 
 
 def jitted_floor(grads: dict) -> Callable[[], object]:
-    """The memory floor: a jitted sum ``g[0] + g[1] + ...`` of the D stacked gradients,
+    """A memory floor program: a jitted sum ``g[0] + g[1] + ...`` of the D stacked gradients,
     leaf by leaf (D reads and one write of every leaf, in explicit adds: ``x.sum(0)``
     over the short domain axis is slow on XLA:CPU), on the device that holds them.
 
-    It is the least that any aggregation of this pytree pays with this compiler on this
-    machine, and it uses every core XLA uses. NumPy's one-thread floor
-    (``common.memory_floor``, kept as a reference row) is no floor on the 2-core machine
-    of this release: one core moved 9.5 GB/s where XLA's two moved 19.7, so the jitted
-    ERM mean ran at 0.49x of it (9.5 against 19.6 ms at D=3, one run).
+    It pays what any aggregation of this pytree pays with this compiler, on every core
+    XLA uses. NumPy's one-thread sum (``common.memory_floor``) alone is no floor on
+    every 2-core machine: on one, one core moved 9.5 GB/s where XLA's two moved 19.7, so
+    the jitted ERM mean ran at 0.49x of it (9.5 against 19.6 ms at D=3, one run). The
+    benchmarks' floor is the least of both and of the ERM mean (``common.least_floor``).
 
     Returns:
       A callable that computes the sum once and returns it, a pytree like ``grads``
@@ -114,7 +115,8 @@ def measure(methods: dict[str, Callable[[], optax.GradientTransformation]],
             ) -> list[tuple[str, float, float, float, float]]:
     """Rows ``(name, seconds, x floor, x ERM mean, compile seconds)`` for one D, every
     method once per compilation in ``jits`` (named ``"method [jit]"`` when there are
-    several); the ERM, floor and (on the CPU) NumPy rows come last."""
+    several); the ERM rows, then the jitted and (on the CPU) NumPy sums come last. The
+    floor is the least of the ERM rows and the sums (``common.least_floor``)."""
     shapes = resnet18_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
     flat, numpy_floor = memory_floor(num_domains, total)
@@ -132,10 +134,11 @@ def measure(methods: dict[str, Callable[[], optax.GradientTransformation]],
         references.append(NUMPY)
     medians = interleaved_medians(runs, repeats)
     erm = ERM if len(jits) == 1 else f"{ERM} [{jits[0]}]"
+    floor = least_floor(medians, [name for name in order if name.startswith(ERM)] + references)
     rows = []
     for name in [*order, *references]:
         seconds = medians[name]
-        rows.append((name, seconds, seconds / medians[FLOOR], seconds / medians[erm],
+        rows.append((name, seconds, seconds / floor, seconds / medians[erm],
                      compile_times.get(name, 0.0)))
     return rows
 

@@ -12,7 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_corgrad import jitted_floor, stacked_resnet  # noqa: E402
-from common import FLOOR_BLOCK, FLOOR_NOISE, floor_warnings, memory_floor  # noqa: E402
+from common import (  # noqa: E402
+    FLOOR_BLOCK,
+    FLOOR_NOISE,
+    floor_warnings,
+    least_floor,
+    memory_floor,
+)
 
 SHAPES = [(64, 3, 7, 7), (64,), (1000, 512), (1000,)]  # ResNet18's first and last leaves
 
@@ -40,3 +46,13 @@ def test_floor_warnings_flag_only_what_runs_under_the_floor_beyond_noise() -> No
     lines = floor_warnings(ratios)
     assert len(lines) == 2
     assert "suspect" in lines[0] and "old floor" in lines[1] and "0.49x" in lines[1]
+
+
+def test_the_floor_is_the_least_of_its_programs() -> None:
+    medians = {"jitted sum": 9.3, "ERM mean [default]": 7.6, "ERM mean [reassociate]": 8.2,
+               "NumPy sum, one core": 9.2, "rule": 14.0}
+    programs = ["jitted sum", "ERM mean [default]", "ERM mean [reassociate]",
+                "NumPy sum, one core"]
+    assert least_floor(medians, programs) == 7.6
+    assert least_floor(medians, ["jitted sum", "NumPy sum, one core"]) == 9.2
+    assert not floor_warnings({name: medians[name] / 7.6 for name in programs})
