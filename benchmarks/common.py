@@ -48,10 +48,9 @@ FLOOR_BLOCK = 262_144  # elements per block of the floor: D + 1 blocks of 1 MiB 
 def memory_floor(num_domains: int, size: int
                  ) -> tuple[list[np.ndarray], Callable[[], np.ndarray]]:
     """D random flat float32 gradients, and NumPy reading them once and writing their sum
-    on one thread: what one core pays for D reads and one write of ``size`` floats. The
-    JAX benchmarks' floor is the jitted sum on every core (``bench_corgrad.jitted_floor``);
-    this one is their reference row on the CPU, and the floor of the one-thread torch
-    benchmark.
+    on one thread: what one core pays for D reads and one write of ``size`` floats. On the
+    CPU it is one of the JAX benchmarks' floor programs (:func:`least_floor`), and it is
+    the floor of the one-thread torch benchmark.
 
     The sum goes into a preallocated output whose pages are touched before any timing;
     a fresh output on every call (as an earlier version of this floor did) times the
@@ -127,7 +126,7 @@ def least_floor(medians: Mapping[Hashable, float], programs: Sequence[Hashable])
     return min(medians[name] for name in programs)
 
 
-FLOOR_NOISE = 0.95  # the ERM mean does the floor's work and one scaling: about 1.0x
+FLOOR_NOISE = 0.95  # how far under the floor a median may fall by the noise of the rounds
 
 
 def floor_warnings(ratios: dict[str, float]) -> list[str]:
