@@ -7,7 +7,7 @@ of this one run, against
 
 * the memory floor: the least time of three programs that read the D x P floats once
   and write P (``common.least_floor``): the jitted sum of the D stacked gradients, leaf
-  by leaf, on every core and any backend (``bench_corgrad.jitted_floor``), the jitted
+  by leaf, on every core and any backend (``bench_corgrad.floor_programs``), the jitted
   ``mean_gradients`` of the same pytree (ERM's mean), and on the CPU NumPy's one-thread
   sum (``common.memory_floor``);
 * the ERM mean of the same compilation;
@@ -40,7 +40,7 @@ import optax
 import corgrad_jax as cg
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_corgrad import JITS, NUMPY, compiled_update, jitted_floor, stacked_resnet  # noqa: E402
+from bench_corgrad import JITS, compiled_update, floor_programs, stacked_resnet  # noqa: E402
 from common import (  # noqa: E402
     LAYOUTS,
     floor_warnings,
@@ -73,7 +73,6 @@ ELEMENTWISE: dict[str, Callable[[], optax.GradientTransformation]] = {
     "grad_drop": cg.grad_drop,
 }
 ERM = "ERM mean"
-FLOOR = "jitted sum"
 # Stateful rules whose element granularity keeps D^2 floats per parameter, or solves
 # one Newton system per parameter: not run there unless asked by name.
 SLOW_AT_ELEMENT = ("grad_vac", "nash_mtl", "mgda (exact)")
@@ -110,11 +109,10 @@ def measure(rules: dict[str, GramFactory], granularities: list[str], elementwise
         for jit in jits:
             key = (name, granularity, jit)
             runs[key], compile_times[key] = compiled_update(factory(), grads, params, jit)
-    runs[(FLOOR, "-", "-")] = jitted_floor(grads)
-    if jax.default_backend() == "cpu":
-        runs[(NUMPY, "-", "-")] = numpy_floor
+    programs = floor_programs(grads, numpy_floor)
+    runs.update({(name, "-", "-"): program for name, program in programs.items()})
     medians = interleaved_medians(runs, repeats)
-    floor_time = least_floor(medians, [key for key in runs if key[0] in (ERM, FLOOR, NUMPY)])
+    floor_time = least_floor(medians, [key for key in runs if key[0] in (ERM, *programs)])
     return [(name, granularity, jit, num_domains, seconds, seconds / floor_time,
              seconds / medians[(ERM, "-", jit if jit != "-" else jits[0])],
              compile_times.get((name, granularity, jit), 0.0))

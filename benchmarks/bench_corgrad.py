@@ -80,6 +80,18 @@ def jitted_floor(grads: dict) -> Callable[[], object]:
     return lambda: jax.block_until_ready(add(grads))
 
 
+def floor_programs(grads: dict, numpy_floor: Callable[[], object]
+                   ) -> dict[str, Callable[[], object]]:
+    """The floor's programs besides the jitted ERM mean, by row name: the jitted sum
+    (:func:`jitted_floor`) and, on the CPU, NumPy's one-core sum (``numpy_floor``, from
+    ``common.memory_floor``). The floor is the least of them and of the ERM means
+    (``common.least_floor``)."""
+    programs = {FLOOR: jitted_floor(grads)}
+    if jax.default_backend() == "cpu":
+        programs[NUMPY] = numpy_floor
+    return programs
+
+
 def stacked_resnet(flat: list[np.ndarray], shapes: list[tuple[int, ...]]) -> dict:
     """The flat per-domain vectors cut into ResNet18's leaves, ``(D, *shape)`` each."""
     grads, offset = {}, 0
@@ -127,14 +139,12 @@ def measure(methods: dict[str, Callable[[], optax.GradientTransformation]],
             label = name if len(jits) == 1 else f"{name} [{jit}]"
             runs[label], compile_times[label] = compiled_update(factory(), grads, jit=jit)
             order.append(label)
-    runs[FLOOR] = jitted_floor(grads)
-    references = [FLOOR]
-    if jax.default_backend() == "cpu":
-        runs[NUMPY] = numpy_floor
-        references.append(NUMPY)
+    references = floor_programs(grads, numpy_floor)
+    runs.update(references)
     medians = interleaved_medians(runs, repeats)
     erm = ERM if len(jits) == 1 else f"{ERM} [{jits[0]}]"
-    floor = least_floor(medians, [name for name in order if name.startswith(ERM)] + references)
+    floor = least_floor(medians, [name for name in order if name.startswith(ERM)]
+                        + list(references))
     rows = []
     for name in [*order, *references]:
         seconds = medians[name]
