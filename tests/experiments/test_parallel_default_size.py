@@ -8,9 +8,12 @@ waiting, they deadlocked XLA's CPU devices in most runs on 4 devices ("Expected 
 threads to join the rendezvous, but only 3 of them arrived"), while the tiny runs of
 ``test_parallel.py`` (32 evaluation examples) never queue enough programs to see it.
 
-So these tests run that size, and repeat it in one process (one compilation) often
-enough that a hang in 1 run of 5 passes with probability ``0.8 ** REPEATS`` at most.
-A hang makes XLA abort the worker after 40 s, which fails the test.
+So these tests run that size, and repeat it in one process (one compilation): 12 times
+on 4 devices, the layout of the deadlock that was fixed, and 6 times on each other
+layout. A hang in 1 run of 5 then passes with probability ``0.8 ** 12 = 0.07`` on 4
+devices and ``0.8 ** 6 = 0.26`` on each other layout, and ``0.8 ** 36 < 1e-3`` where
+it shows on every layout, as an unbounded queue of programs did (no run of 20 finished
+on 4 devices). A hang makes XLA abort the worker after 40 s, which fails the test.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ DEFAULT_SIZE = dict(
     checkpoint_freq=10,  # the record, evaluation and checkpoint of the last step
     seed=0,
 )
-REPEATS = 12
-"""A 1-in-5 hang survives 12 runs with probability 0.8 ** 12 = 0.07; before the fix,
-no run of 20 finished on 4 devices."""
+REPEATS = 6
+"""Runs per layout: a 1-in-5 hang survives them with probability 0.8 ** 6 = 0.26."""
+DEADLOCK_REPEATS = 12
+"""Runs on the 4 devices of the deadlock that was fixed, where before the fix no run of
+20 finished: a 1-in-5 hang survives them with probability 0.8 ** 12 = 0.07."""
 
 
 def _repeated(root: Path, config: dict[str, Any], repeats: int = REPEATS) -> list[dict]:
@@ -47,9 +52,11 @@ def _assert_finished_identically(root: Path, runs: list[list[dict]]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [2, 4, 8])
-def test_default_size_runs_finish_on_data_parallel_meshes(tmp_path: Path, devices: int) -> None:
-    result = run_worker(devices, _repeated(tmp_path, DEFAULT_SIZE))
+@pytest.mark.parametrize("devices,repeats", [(2, REPEATS), (4, DEADLOCK_REPEATS), (8, REPEATS)])
+def test_default_size_runs_finish_on_data_parallel_meshes(
+    tmp_path: Path, devices: int, repeats: int
+) -> None:
+    result = run_worker(devices, _repeated(tmp_path, DEFAULT_SIZE, repeats))
     assert result["devices"] == devices
     _assert_finished_identically(tmp_path, result["runs"])
 
