@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -18,18 +15,6 @@ if not hasattr(jax, "enable_x64"):  # JAX < 0.8 (the core's floor is 0.5.3): the
     from jax.experimental import enable_x64  # context manager, under its older name
 
     jax.enable_x64 = enable_x64
-
-# A persistent compilation cache of this test process's own, emptied when it exits: many
-# tests build a fresh transformation (a new function to jit) whose program is the same
-# HLO as an earlier test's, and XLA then compiles it once (the rules' and properties'
-# tests ran 28% faster). The key holds the program and its compile options, so a program
-# compiled with ``compiler_options()`` is never served for the default compilation. Each
-# pytest-xdist worker has its own folder; the subprocesses the tests start use none.
-_COMPILE_CACHE = tempfile.mkdtemp(prefix="corgrad-jax-test-compile-cache-")
-atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def random_leaves(
