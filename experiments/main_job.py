@@ -8,10 +8,10 @@ oracle. DomainBed trains 5,000 steps per run and sweeps every test environment w
 trials; that takes hours on a CPU, so this job scales the sweep down to 4 runs of 20
 steps (two test environments, one trial), each evaluated at its first and last step, to
 finish well inside the 10 minutes allowed on a slow 2-core machine (in a brand-new venv,
-install and compilation included, 6.0 min on the slowest one it has run on, where 30 steps
-took 6.9). A step of MNIST_CNN on 5 domains x 64 examples is about 0.44 GFLOP per
-example, 140 GFLOP per step: the steps are most of
-the time (0.7-2.5 s each on such machines), then the evaluations (5,000 examples each).
+install and compilation included, 6.0-7.3 min on the slowest one it has run on, on two
+days, where 30 steps took 6.9). A step of MNIST_CNN on 5 domains x 64 examples is about
+0.44 GFLOP per example, 140 GFLOP per step: the steps are most of the time (0.7-2.5 s
+each on such machines), then the evaluations (5,000 examples each).
 Everything else is DomainBed's: default hparams (Adam, lr 1e-3, 64 examples per domain
 and step), MNIST_CNN, a 20% holdout.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -78,7 +79,7 @@ def test_the_watchdog_prints_what_was_measured_and_exits_3() -> None:
     assert "| check | case | result | ratio | ratio to |" in stdout
 
 
-def _device_check_module():  # type: ignore[no-untyped-def]
+def _device_check_module() -> types.ModuleType:
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import device_check
@@ -93,7 +94,7 @@ def test_checks_runs_only_the_named_checks_in_the_table_order(
     # Each check replaced by one that records its call and adds a row; the real checks
     # run in the quick run above.
     device_check = _device_check_module()
-    called = []
+    called: list[str] = []
     for name in list(device_check.CHECKS):
         def record(sizes: object, table: object, name: str = name) -> None:
             called.append(name)

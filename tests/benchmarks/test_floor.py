@@ -53,7 +53,9 @@ def fastest_erm(runs: dict, repeats: int) -> dict:
     return {key: median(key) for key in runs}
 
 
-def test_both_benchmarks_take_the_least_of_the_floor_programs(monkeypatch) -> None:
+def test_both_benchmarks_take_the_least_of_the_floor_programs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The ERM mean is one of the floor's programs: where it is the fastest, it sets the
     floor (x floor 1.00) and the sums run above it, in both benchmarks' tables."""
     monkeypatch.setattr(bench_corgrad, "interleaved_medians", fastest_erm)
