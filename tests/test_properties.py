@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from corgrad_jax import corgrad
+import corgrad_jax
 
 FLOATS = st.one_of(st.floats(1e-3, 10.0), st.floats(-10.0, -1e-3))
+
+
+@functools.cache
+def corgrad(*args: object, **kwargs: object) -> optax.GradientTransformation:
+    """``corgrad_jax.corgrad(...)``, made once per configuration: a transformation is pure,
+    so the examples share it, and its update compiles once, not once per example."""
+    return corgrad_jax.corgrad(*args, **kwargs)
 
 
 def stacked(num_domains: int, size: int):  # type: ignore[no-untyped-def]

@@ -5,6 +5,8 @@ reduction's scale, and options through ``optax.inject_hyperparams``."""
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,9 @@ def x64():
     jax.config.update("jax_enable_x64", previous)
 
 
+# A transformation is pure, so each configuration is made once and reused: jax.jit then
+# compiles its update once per input shape in a test process, not once per test.
+@functools.cache
 def make(name: str, granularity: str) -> optax.GradientTransformation:
     return GRAM_RULES[name](granularity) if name in GRAM_RULES else ELEMENTWISE[name]()
 
@@ -218,6 +223,7 @@ def test_element_diagnostics_describe_the_update(name, num_domains, rng):
         np.linalg.norm(update - plain) / np.linalg.norm(plain), rel=1e-4, abs=1e-6)
 
 
+@functools.cache
 def _sliced(name: str, num_slices: int) -> optax.GradientTransformation:
     factories = {
         "upgrad": lambda: cg.upgrad(granularity="slice", num_slices=num_slices),
@@ -235,17 +241,22 @@ def _sliced(name: str, num_slices: int) -> optax.GradientTransformation:
 @pytest.mark.parametrize("granularity", ["layer", "element"])
 def test_reduction_sum_is_d_times_mean(name, granularity, rng):
     leaves = random_leaves(rng, 3, SHAPES)
-    factory = {
-        "corgrad": lambda r: cg.corgrad(4, None, granularity=granularity, reduction=r,
-                                        shuffle=False),
-        "grad_vac": lambda r: cg.grad_vac(3, granularity=granularity, reduction=r,
-                                          shuffle=False),
-        "nash_mtl": lambda r: cg.nash_mtl(3, granularity=granularity, reduction=r),
-        "cagrad": lambda r: cg.cagrad(0.5, granularity=granularity, reduction=r),
-    }.get(name, lambda r: getattr(cg, name)(granularity=granularity, reduction=r))
-    for total, mean in zip(apply(factory("sum"), leaves), apply(factory("mean"), leaves),
-                           strict=True):
+    for total, mean in zip(apply(_reduced(name, granularity, "sum"), leaves),
+                           apply(_reduced(name, granularity, "mean"), leaves), strict=True):
         np.testing.assert_allclose(total, 3 * mean, rtol=1e-9, atol=1e-12)
+
+
+@functools.cache
+def _reduced(name: str, granularity: str, reduction: str) -> optax.GradientTransformation:
+    if name == "corgrad":
+        return cg.corgrad(4, None, granularity=granularity, reduction=reduction, shuffle=False)
+    if name == "grad_vac":
+        return cg.grad_vac(3, granularity=granularity, reduction=reduction, shuffle=False)
+    if name == "nash_mtl":
+        return cg.nash_mtl(3, granularity=granularity, reduction=reduction)
+    if name == "cagrad":
+        return cg.cagrad(0.5, granularity=granularity, reduction=reduction)
+    return getattr(cg, name)(granularity=granularity, reduction=reduction)
 
 
 def test_options_are_injectable_hyperparameters(rng):

@@ -3,6 +3,8 @@ dtypes, state stability, diagnostics, bad input and numerical edge cases."""
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,14 @@ FACTORIES = {
     "sand_mask": lambda: cg.sand_mask(0.5),
 }
 
+
+@functools.cache
+def transformation(name: str) -> optax.GradientTransformation:
+    """``FACTORIES[name]()``, made once: a transformation is pure, so the tests share it,
+    and jax.jit compiles its update once per input signature in a test process."""
+    return FACTORIES[name]()
+
+
 PARAMS = {"conv": {"kernel": jnp.zeros((3, 3, 2, 4))}, "bias": jnp.zeros(4),
           "scale": jnp.zeros(())}
 
@@ -48,7 +58,7 @@ def stacked_grads(num_domains=3, dtype=jnp.float32, seed=0):
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_jit_and_eager_agree_and_state_is_stable(name):
-    tx = FACTORIES[name]()
+    tx = transformation(name)
     grads = stacked_grads()
     state = tx.init(PARAMS)
     eager, eager_state = tx.update(grads, state, PARAMS)
@@ -66,7 +76,7 @@ def test_jit_and_eager_agree_and_state_is_stable(name):
 def test_output_dtype_is_preserved(name, dtype):
     with jax.enable_x64(dtype == jnp.float64):
         grads = stacked_grads(dtype=dtype)
-        tx = FACTORIES[name]()
+        tx = transformation(name)
         out, _ = jax.jit(tx.update)(grads, tx.init(PARAMS))
         for leaf in jax.tree.leaves(out):
             assert leaf.dtype == dtype
@@ -130,7 +140,7 @@ def test_log_decay_schedule_values():
 def test_unequal_leading_sizes_name_the_leaf(name):
     grads = stacked_grads()
     grads["bias"] = grads["bias"][:2]
-    tx = FACTORIES[name]()
+    tx = transformation(name)
     with pytest.raises(ValueError, match=r"\['bias'\] stacks 2"):
         tx.update(grads, tx.init(PARAMS))
 
@@ -180,7 +190,7 @@ EDGE_CASES = {
 def test_edge_cases_are_finite(name, case):
     # PARAMS has a scalar leaf and leaves smaller than num_slices (bias of 4 < 10 slices).
     grads = EDGE_CASES[case](stacked_grads())
-    tx = FACTORIES[name]()
+    tx = transformation(name)
     out, state = jax.jit(tx.update)(grads, tx.init(PARAMS), PARAMS)
     for leaf in jax.tree.leaves((out, state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
