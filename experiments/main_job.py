@@ -5,13 +5,14 @@ code (:mod:`experiments.sweep`), then prints the results tables of
 :mod:`experiments.collect_results`: training-domain validation, leave-one-domain-out
 (empty here: it needs the runs with two test environments, which this job skips) and the
 oracle. DomainBed trains 5,000 steps per run and sweeps every test environment with 3
-trials; that takes hours on a CPU, so this job scales the sweep down to 4 runs of 20
+trials; that takes hours on a CPU, so this job scales the sweep down to 4 runs of 10
 steps (two test environments, one trial), each evaluated at its first and last step, to
-finish well inside the 10 minutes allowed on a slow 2-core machine (in a brand-new venv,
-install and compilation included, 6.0-7.3 min on the slowest one it has run on, on two
-days, where 30 steps took 6.9). A step of MNIST_CNN on 5 domains x 64 examples is about
-0.44 GFLOP per example, 140 GFLOP per step: the steps are most of the time (0.7-2.5 s
-each on such machines), then the evaluations (5,000 examples each).
+finish well inside the 10 minutes allowed on a slow 2-core machine: in a brand-new venv,
+install and compilation included, 5.2 min on the slowest one it has run on, on a slow
+day (1.5 of install, 3.7 of job), where 20 steps took 6.0-7.3 min and 30 took 6.9. A
+step of MNIST_CNN on 5 domains x 64 examples is about 0.44 GFLOP per example, 140 GFLOP
+per step: the steps are most of the time (0.7-2.8 s each on such machines), then the
+evaluations (5,000 examples each, about 9 s) and a first step's compile (8-11 s).
 Everything else is DomainBed's: default hparams (Adam, lr 1e-3, 64 examples per domain
 and step), MNIST_CNN, a 20% holdout.
 
@@ -35,7 +36,7 @@ DATASET = "RotatedMNIST"
 ALGORITHMS = ("erm", "corgrad")
 TEST_ENVS = (0, 3)  # 0 and 45 degrees: an extrapolated and an interpolated domain
 N_TRIALS = 1
-STEPS = 20  # DomainBed: 5,000
+STEPS = 10  # DomainBed: 5,000
 CHECKPOINT_FREQ = STEPS  # the first and last step only (DomainBed: 100)
 
 
