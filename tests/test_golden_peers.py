@@ -8,11 +8,14 @@ reference applied piece by piece. The tests need neither torch nor that code.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from oracle import slice_bounds
 
@@ -47,6 +50,21 @@ RULES = {
 }
 STATEFUL = ("grad_vac", "nash_mtl", "nash_mtl_no_clip")
 TIGHT = {"cagrad_c0.5_tight": "cagrad_c0.5", "cagrad_c2_tight": "cagrad_c2"}
+
+
+@functools.cache
+def rule(name: str, num_domains: int, granularity: str) -> optax.GradientTransformation:
+    """``RULES[name]``'s transformation, made once per configuration: a transformation is
+    pure, so the fixture's cases of one shape share it, and its update compiles once for
+    them, not once per case."""
+    return RULES[name][0](num_domains, granularity)
+
+
+@functools.cache
+def cached(factory: Callable[..., optax.GradientTransformation], *args: object,
+           **kwargs: object) -> optax.GradientTransformation:
+    """``factory(*args, **kwargs)``, made once per configuration, as :func:`rule`."""
+    return factory(*args, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -87,11 +105,11 @@ def assert_close(got, expected, rtol, message, inputs=None):
 def test_model_granularity_equals_torchjd(name, case):
     steps = DATA[f"model/{case}/jacobian"]
     num_domains, size = steps.shape[1:]
-    make, rtol = RULES[name]
+    rtol = RULES[name][1]
     expected = DATA[f"model/{case}/{name}"]
     stateful = name in STATEFUL
     trees = [{"w": step} for step in (steps if stateful else steps[:1])]
-    outputs = run_steps(make(num_domains, "model"), trees, {"w": np.zeros(size)})
+    outputs = run_steps(rule(name, num_domains, "model"), trees, {"w": np.zeros(size)})
     for step, out in enumerate(outputs):
         reference = expected[step] if stateful else expected
         if name.startswith("nash_mtl") and not bargaining_solved(
@@ -118,7 +136,7 @@ def test_cagrad_is_at_least_as_optimal_as_the_reference(case, c):
         return b @ w + phi * np.sqrt(w @ gram @ w)
 
     name = "cagrad_c0.5" if c == 0.5 else "cagrad_c2"
-    tx = cg.cagrad(c)
+    tx = cached(cg.cagrad, c)
     ours = run_steps(tx, [{"w": jacobian}], None)[0]["w"]
     for key in (name, f"{name}_tight"):
         assert dual(ours) <= dual(DATA[f"model/{case}/{key}"]) + 1e-13
@@ -145,10 +163,11 @@ def test_every_piece_equals_the_reference_on_that_piece(tree, granularity, name)
         pytest.skip("only the default-tolerance CAGrad, checked at model granularity")
     steps = tree_steps(tree)
     num_domains = steps[0]["l0"].shape[0]
-    make, rtol = RULES[name]
+    rtol = RULES[name][1]
     stateful = name in STATEFUL
     params = jax.tree.map(lambda x: np.zeros(x.shape[1:]), steps[0])
-    outputs = run_steps(make(num_domains, granularity), steps if stateful else steps[:1], params)
+    outputs = run_steps(rule(name, num_domains, granularity), steps if stateful else steps[:1],
+                        params)
     # GradVac empties a one-element piece that conflicts to a rounding residue, whose
     # cosine with the other domain (its eps-damped magnitude) becomes the next step's
     # target: after step 0, both implementations follow their own residues there (at
@@ -181,7 +200,7 @@ def test_libmtl_cagrad_and_its_rescalings(case):
         # returns 0, LibMTL the (rescaled) mean; this library follows torchjd.
         pytest.skip("LibMTL and torchjd differ by design here")
     for c, rescale, option in ((0.5, 0, "none"), (0.5, 1, "quadratic"), (0.4, 2, "linear")):
-        tx = cg.cagrad(c, rescale=option)
+        tx = cached(cg.cagrad, c, rescale=option)
         out = run_steps(tx, [{"w": jacobian}], None)[0]["w"]
         # LibMTL solves with SLSQP (about 1e-5) and adds 1e-8 to its norms.
         assert_close(out, DATA[f"model/{case}/libmtl_cagrad_c{c}_rescale{rescale}"], 2e-4,
@@ -195,7 +214,7 @@ def test_libmtl_grad_vac_group_types_are_granularities(case, group_type, granula
     num_domains = steps.shape[1]
     # LibMTL's stand-in model has two parameters: the first 4 entries and the rest.
     trees = [{"a": step[:, :4], "b": step[:, 4:]} for step in steps]
-    tx = cg.grad_vac(num_domains, granularity=granularity, shuffle=False)
+    tx = cached(cg.grad_vac, num_domains, granularity=granularity, shuffle=False)
     outputs = run_steps(tx, trees, jax.tree.map(lambda x: np.zeros(x.shape[1:]), trees[0]))
     expected = DATA[f"model/{case}/libmtl_grad_vac_group{group_type}"]
     for step, out in enumerate(outputs):
@@ -219,7 +238,7 @@ def test_grad_drop_with_the_same_uniform_draws(case, leaky):
 @pytest.mark.parametrize("tau,k", [(0.5, 10.0), (0.2, 1000.0)])
 def test_sand_mask_is_domainbed_sandmask(tree, tau, k):
     step = tree_steps(tree)[0]
-    tx = cg.sand_mask(tau, k)
+    tx = cached(cg.sand_mask, tau, k)
     out = run_steps(tx, [step], None)[0]
     for name in step:
         expected = DATA[f"{tree}/sand_mask_tau{tau}_k{k}/{name[1:]}"]
