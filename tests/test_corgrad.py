@@ -116,7 +116,7 @@ def test_mean_reduction_and_schedule(rng):
     tree = {"w": jnp.asarray(leaves[0], jnp.float32)}
     state = tx.init(None)
     for step in range(3):
-        out, state = tx.update(tree, state)
+        out, state = jax.jit(tx.update)(tree, state)
         expected, _ = corgrad_oracle(leaves, num_slices=3, alpha=float(schedule(step)),
                                      reduction="mean", tie_rtol=1e-3)
         np.testing.assert_allclose(out["w"], expected[0], rtol=1e-4, atol=1e-5)

@@ -80,8 +80,8 @@ def test_alpha_one_equals_no_smoothing(grads, granularity):
         tree = {"w": jnp.asarray(grads)}
         one = corgrad(3, 1.0, granularity=granularity, shuffle=False)
         none = corgrad(3, None, granularity=granularity, shuffle=False)
-        a, _ = one.update(tree, one.init(None))
-        b, _ = none.update(tree, none.init(None))
+        a, _ = jax.jit(one.update)(tree, one.init(None))
+        b, _ = jax.jit(none.update)(tree, none.init(None))
     np.testing.assert_allclose(a["w"], b["w"], rtol=1e-12, atol=1e-12)
 
 
@@ -91,7 +91,7 @@ def test_positively_homogeneous(grads, scale):
     # Projection and smoothing commute with scaling all domains by the same c > 0.
     with jax.enable_x64(True):
         tx = corgrad(3, 0.6, shuffle=False)
-        a, _ = tx.update({"w": jnp.asarray(grads)}, tx.init(None))
-        b, _ = tx.update({"w": jnp.asarray(grads * scale)}, tx.init(None))
+        a, _ = jax.jit(tx.update)({"w": jnp.asarray(grads)}, tx.init(None))
+        b, _ = jax.jit(tx.update)({"w": jnp.asarray(grads * scale)}, tx.init(None))
     np.testing.assert_allclose(np.asarray(b["w"]), scale * np.asarray(a["w"]), rtol=1e-9,
                                atol=1e-9 * scale)

@@ -105,12 +105,12 @@ def test_inject_hyperparams_alpha():
     state = tx.init(PARAMS)
     out, state = jax.jit(tx.update)(grads, state, PARAMS)
     direct = cg.corgrad(4, 0.6, shuffle=False)
-    expected, _ = direct.update(grads, direct.init(PARAMS), PARAMS)
+    expected, _ = jax.jit(direct.update)(grads, direct.init(PARAMS), PARAMS)
     chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-5)
     state.hyperparams["alpha"] = jnp.asarray(0.0)
     out0, _ = jax.jit(tx.update)(grads, state, PARAMS)
     zero = cg.corgrad(4, 0.0, shuffle=False)
-    expected0, _ = zero.update(grads, zero.init(PARAMS), PARAMS)
+    expected0, _ = jax.jit(zero.update)(grads, zero.init(PARAMS), PARAMS)
     chex.assert_trees_all_close(out0, expected0, rtol=1e-5, atol=1e-5)
 
 
@@ -120,9 +120,9 @@ def test_schedule_alpha_follows_the_step_count():
     grads = stacked_grads(num_domains=5)
     state = tx.init(PARAMS)
     for step in range(3):
-        out, state = tx.update(grads, state, PARAMS)
+        out, state = jax.jit(tx.update)(grads, state, PARAMS)
         fixed = cg.corgrad(2, float(schedule(step)), shuffle=False)
-        expected, _ = fixed.update(grads, fixed.init(PARAMS), PARAMS)
+        expected, _ = jax.jit(fixed.update)(grads, fixed.init(PARAMS), PARAMS)
         chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
