@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -34,3 +35,43 @@ def random_leaves(
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def memory_map_count() -> int | None:
+    """How many memory mappings this process holds (Linux), else None."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
+def memory_map_limit() -> int | None:
+    """The kernel's per-process limit on memory mappings (Linux), else None."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_executables():
+    """Frees each test module's compiled executables when the module ends.
+
+    XLA maps every compiled CPU executable into memory, and the tests that share one
+    transformation per configuration keep its executables alive: one module alone held
+    24,000 mappings. A test process (a pytest-xdist worker) lives for the whole suite, and
+    past the kernel's ``vm.max_map_count`` (65,530 by default) a compile fails with a
+    segmentation fault that kills the worker. So at each module's end every JAX cache is
+    cleared, and a process still holding over half the limit fails here, naming the module,
+    instead of crashing later in whatever test comes next.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
+    count, limit = memory_map_count(), memory_map_limit()
+    if count is not None and limit is not None and count > limit // 2:
+        pytest.fail(f"this test process holds {count} memory mappings after the module's "
+                    f"caches were cleared; expected at most half of vm.max_map_count "
+                    f"({limit}): something keeps compiled executables alive")
