@@ -53,17 +53,11 @@ TIGHT = {"cagrad_c0.5_tight": "cagrad_c0.5", "cagrad_c2_tight": "cagrad_c2"}
 
 
 @functools.cache
-def rule(name: str, num_domains: int, granularity: str) -> optax.GradientTransformation:
-    """``RULES[name]``'s transformation, made once per configuration: a transformation is
-    pure, so the fixture's cases of one shape share it, and its update compiles once for
-    them, not once per case."""
-    return RULES[name][0](num_domains, granularity)
-
-
-@functools.cache
 def cached(factory: Callable[..., optax.GradientTransformation], *args: object,
            **kwargs: object) -> optax.GradientTransformation:
-    """``factory(*args, **kwargs)``, made once per configuration, as :func:`rule`."""
+    """``factory(*args, **kwargs)``, made once per configuration: a transformation is
+    pure, so the fixture's cases of one shape share it, and its update compiles once for
+    them, not once per case."""
     return factory(*args, **kwargs)
 
 
@@ -105,11 +99,11 @@ def assert_close(got, expected, rtol, message, inputs=None):
 def test_model_granularity_equals_torchjd(name, case):
     steps = DATA[f"model/{case}/jacobian"]
     num_domains, size = steps.shape[1:]
-    rtol = RULES[name][1]
+    make, rtol = RULES[name]
     expected = DATA[f"model/{case}/{name}"]
     stateful = name in STATEFUL
     trees = [{"w": step} for step in (steps if stateful else steps[:1])]
-    outputs = run_steps(rule(name, num_domains, "model"), trees, {"w": np.zeros(size)})
+    outputs = run_steps(cached(make, num_domains, "model"), trees, {"w": np.zeros(size)})
     for step, out in enumerate(outputs):
         reference = expected[step] if stateful else expected
         if name.startswith("nash_mtl") and not bargaining_solved(
@@ -163,11 +157,11 @@ def test_every_piece_equals_the_reference_on_that_piece(tree, granularity, name)
         pytest.skip("only the default-tolerance CAGrad, checked at model granularity")
     steps = tree_steps(tree)
     num_domains = steps[0]["l0"].shape[0]
-    rtol = RULES[name][1]
+    make, rtol = RULES[name]
     stateful = name in STATEFUL
     params = jax.tree.map(lambda x: np.zeros(x.shape[1:]), steps[0])
-    outputs = run_steps(rule(name, num_domains, granularity), steps if stateful else steps[:1],
-                        params)
+    outputs = run_steps(cached(make, num_domains, granularity),
+                        steps if stateful else steps[:1], params)
     # GradVac empties a one-element piece that conflicts to a rounding residue, whose
     # cosine with the other domain (its eps-damped magnitude) becomes the next step's
     # target: after step 0, both implementations follow their own residues there (at
