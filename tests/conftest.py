@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -56,7 +57,7 @@ def memory_map_limit() -> int | None:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def release_compiled_executables():
+def release_compiled_executables() -> Iterator[None]:
     """Frees the compiled executables when a test process holds too many at a module's end.
 
     XLA maps every compiled CPU executable into memory, and the tests that share one
