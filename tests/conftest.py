@@ -57,7 +57,7 @@ def memory_map_limit() -> int | None:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def release_compiled_executables() -> Iterator[None]:
+def release_compiled_executables(request: pytest.FixtureRequest) -> Iterator[None]:
     """Frees the compiled executables when a test process holds too many at a module's end.
 
     XLA maps every compiled CPU executable into memory, and the tests that share one
@@ -77,6 +77,6 @@ def release_compiled_executables() -> Iterator[None]:
     gc.collect()
     count = memory_map_count() or 0
     if count > limit // 2:
-        pytest.fail(f"this test process holds {count} memory mappings after JAX's caches "
-                    f"were cleared; expected at most half of vm.max_map_count ({limit}): "
-                    f"something keeps compiled executables alive")
+        pytest.fail(f"after {request.module.__name__}, this test process holds {count} "
+                    f"memory mappings with JAX's caches cleared; expected at most half of "
+                    f"vm.max_map_count ({limit}): something keeps compiled executables alive")
