@@ -68,6 +68,7 @@ GRAM_RULES: dict[str, GramFactory] = {
 }
 ELEMENTWISE: dict[str, Callable[[], optax.GradientTransformation]] = {
     "agreement_sum": cg.agreement_sum,
+    "agreement_rand": cg.agreement_rand,
     "and_mask": cg.and_mask,
     "sand_mask": cg.sand_mask,
     "grad_drop": cg.grad_drop,

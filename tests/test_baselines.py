@@ -16,6 +16,7 @@ from corgrad_jax import (
     mean_gradients,
     sand_mask,
 )
+from corgrad_jax._src import draws
 from corgrad_jax._src.agreement import grad_drop_update
 
 
@@ -123,15 +124,15 @@ def test_per_component_rules_keep_every_leaf_in_place(rule, rng):
     out, new_state = jax.jit(tx.update)(leaves_tree(leaves), state)
     sizes = [x[0].size for x in leaves]
     bounds = np.cumsum([0, *sizes])
-    uniform = np.asarray(jax.random.uniform(jax.random.split(state.key)[1], (bounds[-1],)))
+    uniform = np.asarray(draws.uniform(jax.random.split(state.key)[1], (bounds[-1],)))
     changed = 0
     for k, x in enumerate(leaves):
         if rule == "agreement_sum":
             agree = np.abs(np.sign(x).sum(0)) == x.shape[0]
             expected, dropped = np.where(agree, x.sum(0), 0), ~agree
         else:
-            draws = jnp.asarray(uniform[bounds[k]:bounds[k + 1]].reshape(x.shape[1:]))
-            expected, dropped = grad_drop_update(jnp.asarray(x), draws,
+            numbers = jnp.asarray(uniform[bounds[k]:bounds[k + 1]].reshape(x.shape[1:]))
+            expected, dropped = grad_drop_update(jnp.asarray(x), numbers,
                                                  jnp.full((3,), 0.3, jnp.float32))
         np.testing.assert_allclose(out[f"l{k}"], expected, rtol=1e-6,
                                    atol=1e-6 * np.abs(x).max())

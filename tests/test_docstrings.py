@@ -12,7 +12,7 @@ MODULES = ["corgrad_jax._src.corgrad", "corgrad_jax._src.projection", "corgrad_j
            "corgrad_jax._src.balancing", "corgrad_jax._src.grad_vac",
            "corgrad_jax._src.nash_mtl", "corgrad_jax._src.rules",
            "corgrad_jax._src.per_domain", "corgrad_jax._src.sharding",
-           "corgrad_jax._src.compiling"]
+           "corgrad_jax._src.compiling", "corgrad_jax._src.draws"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,4 @@
-"""corgrad on stacked gradients sharded across 4 virtual CPU devices gives the same
+"""corgrad and the random rules on stacked gradients sharded across 4 virtual CPU devices gives the same
 result as on one device (run in a subprocess: the device count is fixed at start-up)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from corgrad_jax import corgrad, pcgrad, and_mask
+    from corgrad_jax import agreement_rand, corgrad, grad_drop, pcgrad, and_mask
     assert jax.device_count() == 4, jax.devices()
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     grads = {"conv": jax.random.normal(keys[0], (4, 3, 3, 8, 16)),
@@ -24,7 +24,9 @@ SCRIPT = textwrap.dedent(
         return jax.device_put(x, NamedSharding(mesh, P(*spec)))
     by_param = {"conv": put(grads["conv"], None, None, None, None, "x"),
                 "dense": put(grads["dense"], None, "x"), "bias": put(grads["bias"])}
-    for tx in (corgrad(num_slices=10), corgrad(variant="official"), pcgrad(), and_mask()):
+    # The random rules too: their draws are functions of the index, whatever the sharding.
+    for tx in (corgrad(num_slices=10), corgrad(variant="official"), pcgrad(), and_mask(),
+               grad_drop(0.2, seed=1), agreement_rand(seed=2)):
         one_device = jax.tree.map(lambda g: jax.device_put(g, jax.devices()[0]), grads)
         single = jax.jit(tx.update)(one_device, tx.init(None))[0]
         for sharded in (by_domain, by_param):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from corgrad_jax._src import base
+from corgrad_jax._src import base, draws
 from corgrad_jax._src.element_passes import element_sums
 from corgrad_jax._src.pieces import SMALL_LEAF
 
@@ -54,7 +54,7 @@ sum or mean it departs from, its update and the components it changed; ``draws``
 leaf's random numbers (``shape``), None for a deterministic rule."""
 
 Draw = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
-"""``(key, shape, dtype) -> array``, e.g. :func:`jax.random.uniform`."""
+"""``(key, shape, dtype) -> array``, e.g. :func:`corgrad_jax._src.draws.uniform`."""
 
 
 def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str, draw: Draw | None = None,
@@ -88,12 +88,12 @@ def _element_rule(leaf_rule: LeafRule, *, seed: int, name: str, draw: Draw | Non
                                            for k in small], axis=1))
         results = []
         for n, stacked in enumerate(inputs):
-            draws = None
+            numbers = None
             if every is not None:
-                draws = (every[cuts[n][0]:cuts[n][1]] if n < len(alone) else jnp.concatenate(
+                numbers = (every[cuts[n][0]:cuts[n][1]] if n < len(alone) else jnp.concatenate(
                     [every[bounds[k]:bounds[k + 1]] for k in small]))
-                draws = draws.reshape(stacked.shape[1:]).astype(stacked.dtype)
-            results.append(leaf_rule(stacked, draws))
+                numbers = numbers.reshape(stacked.shape[1:]).astype(stacked.dtype)
+            results.append(leaf_rule(stacked, numbers))
         totals, updates, changed = ([r[i] for r in results] for i in range(3))
         outputs: list[jax.Array] = [None] * len(leaves)  # type: ignore[list-item]
         for n, k in enumerate(alone):
@@ -125,9 +125,9 @@ def agreement_sum() -> optax.GradientTransformationExtraArgs:
       ICCV 2021.
     """
 
-    def leaf_rule(leaf: jax.Array, draws: jax.Array | None
+    def leaf_rule(leaf: jax.Array, numbers: jax.Array | None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        del draws
+        del numbers
         total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
         return total, jnp.where(mask, total, 0), ~mask
 
@@ -157,7 +157,7 @@ def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
                           / jnp.maximum(count, 1), 0)
         return total, jnp.where(mask, total, scale * normal), ~mask
 
-    return _element_rule(leaf_rule, seed=seed, name="agreement_rand", draw=jax.random.normal)
+    return _element_rule(leaf_rule, seed=seed, name="agreement_rand", draw=draws.normal)
 
 
 def and_mask(threshold: float = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -184,9 +184,9 @@ def and_mask(threshold: float = 1.0) -> optax.GradientTransformationExtraArgs:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}.")
 
-    def leaf_rule(leaf: jax.Array, draws: jax.Array | None
+    def leaf_rule(leaf: jax.Array, numbers: jax.Array | None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        del draws
+        del numbers
         num_domains = leaf.shape[0]
         mean = base.domain_sum(leaf) / num_domains
         agreement = jnp.abs(base.domain_sum(jnp.sign(leaf)) / num_domains)
@@ -258,7 +258,8 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
     sign, drawn with the probability of that sign's share of the total magnitude.
 
     Component by component (element-wise by definition): :func:`grad_drop_update`, with
-    a fresh uniform draw per component and step from the key in the state. Where every
+    a fresh uniform draw per component and step from the key in the state
+    (:func:`corgrad_jax._src.draws.uniform`: two numbers per threefry evaluation). Where every
     domain agrees in sign the sum passes unchanged.
 
     Scale: the update is a sum over domains, torchjd's ``GradDrop(leak=...)`` (which
@@ -302,7 +303,7 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
         update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
         return base.domain_sum(leaf), update, dropped
 
-    return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=jax.random.uniform,
+    return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=draws.uniform,
                          per_component=True)
 
 
@@ -365,9 +366,9 @@ def sand_mask(tau: float = 0.5, k: float = 10.0) -> optax.GradientTransformation
         if not 0.0 <= number <= high:
             raise ValueError(f"{name} must lie in [0, {high}], got {value}.")
 
-    def leaf_rule(leaf: jax.Array, draws: jax.Array | None
+    def leaf_rule(leaf: jax.Array, numbers: jax.Array | None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        del draws
+        del numbers
         update, masked = sand_mask_update(leaf, tau, k)
         return base.domain_sum(leaf) / leaf.shape[0], update, masked
 
