@@ -1,5 +1,6 @@
-"""corgrad and the random rules on stacked gradients sharded across 4 virtual CPU devices gives the same
-result as on one device (run in a subprocess: the device count is fixed at start-up)."""
+"""corgrad and the random rules on stacked gradients sharded across 4 virtual CPU devices
+give the same result as on one device (run in a subprocess: the device count is fixed at
+start-up)."""
 
 from __future__ import annotations
 
