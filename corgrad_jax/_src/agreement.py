@@ -138,6 +138,8 @@ def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
     r"""Agr-Rand (Mansilla et al. 2021): like Agr-Sum, but the components whose signs
     disagree are drawn from :math:`\mathcal N(0, s^2)`, with ``s`` the mean absolute value
     of the agreeing summed components of the same layer (the official code's scale).
+    The standard normal numbers are those of ``jax.random.normal`` with the step's key,
+    computed in one fused loop (:func:`corgrad_jax._src.draws.normal`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -258,9 +260,10 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
     sign, drawn with the probability of that sign's share of the total magnitude.
 
     Component by component (element-wise by definition): :func:`grad_drop_update`, with
-    a fresh uniform draw per component and step from the key in the state
-    (:func:`corgrad_jax._src.draws.uniform`: two numbers per threefry evaluation). Where every
-    domain agrees in sign the sum passes unchanged.
+    a fresh uniform draw per component and step from the key in the state: the numbers
+    of ``jax.random.uniform``, computed in one fused loop
+    (:func:`corgrad_jax._src.draws.uniform`). Where every domain agrees in sign the sum
+    passes unchanged.
 
     Scale: the update is a sum over domains, torchjd's ``GradDrop(leak=...)`` (which
     draws U with ``torch.rand``); there is no ``reduction`` option.
