@@ -49,9 +49,9 @@ def _masked_diagnostics(
 
 
 LeafRule = Callable[[jax.Array, jax.Array | None], tuple[jax.Array, jax.Array, jax.Array]]
-"""``(stacked (D, *shape), draws) -> (reference, update, changed)`` of one leaf: the plain
-sum or mean it departs from, its update and the components it changed; ``draws`` are the
-leaf's random numbers (``shape``), None for a deterministic rule."""
+"""``(stacked (D, *shape), numbers) -> (reference, update, changed)`` of one leaf: the
+plain sum or mean it departs from, its update and the components it changed; ``numbers``
+are the leaf's random numbers (``shape``), None for a deterministic rule."""
 
 Draw = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 """``(key, shape, dtype) -> array``, e.g. :func:`corgrad_jax._src.draws.uniform`."""

@@ -13,12 +13,13 @@ five groups of rounds that reads and writes the whole arrays of words at every g
 121 ms for the 11.7M numbers on the README's 2-core CPU, most of GradDrop's time.
 
 Here :func:`threefry2x32` is the same cipher written out, which XLA fuses with the
-float conversion into one vectorized pass: the same numbers, bit for bit, in 20 ms. That
-pass is kept apart from the loops that read the numbers (:func:`~corgrad_jax._src.
-element_passes.unfused`), which would otherwise evaluate the cipher again each, and one
-element at a time in a reduction. Keys of other generators (``impl="rbg"``, or
-``jax_default_prng_impl``), ``jax_threefry_partitionable=False``, float types other
-than float32, and draws of 2^32 numbers or more go to ``jax.random`` itself.
+float conversion into one vectorized pass: the same numbers, bit for bit, in 20 ms.
+That pass is kept apart from the loops that read the numbers
+(:func:`~corgrad_jax._src.element_passes.unfused`), which would otherwise evaluate the
+cipher again each, and one element at a time in a reduction. Keys of other generators
+(``impl="rbg"``, or ``jax_default_prng_impl``), ``jax_threefry_partitionable=False``,
+float types other than float32, and draws of 2^32 numbers or more go to ``jax.random``
+itself.
 """
 
 from __future__ import annotations
