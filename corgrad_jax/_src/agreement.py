@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from corgrad_jax._src import base, draws
-from corgrad_jax._src.element_passes import element_sums
+from corgrad_jax._src.element_passes import element_sums, unfused
 from corgrad_jax._src.pieces import SMALL_LEAF
 
 
@@ -303,7 +303,14 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
             raise ValueError(f"grad_drop got {leaks.shape[0]} leaks for D={num_domains} "
                              "domains; pass one float or one per domain.")
         leak_per_domain = jnp.broadcast_to(leaks.astype(leaf.dtype), (num_domains,))
-        update, dropped = grad_drop_update(leaf, uniform, leak_per_domain)
+        # The update and the mask in a loop of their own, which the diagnostics read:
+        # recomputed in their reduction, one element at a time by default, they cost more
+        # than writing the mask (ResNet18, D=3: 52 against 74 ms a step).
+        def rule(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+            return grad_drop_update(values, uniform, leak_per_domain)
+
+        update, dropped = (unfused(rule, leaf, leaf.reshape(-1)[0]) if leaf.size
+                           else rule(leaf))
         return base.domain_sum(leaf), update, dropped
 
     return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=draws.uniform,

@@ -12,6 +12,7 @@ near those of a pairwise sum, and the small leaves compile as one kernel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,8 @@ import numpy as np
 from jax import lax
 
 from corgrad_jax._src.pieces import BLOCK, GROUP_BLOCK, BlockPlan, blocked_combine
+
+Result = TypeVar("Result")
 
 
 def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
@@ -64,11 +67,10 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
     return totals
 
 
-def unfused(fn: Callable[[jax.Array], jax.Array], flat: jax.Array, after: jax.Array
-            ) -> jax.Array:
-    """``fn(flat)``, an elementwise function, computed in a loop of its own on XLA:CPU,
-    so that a reduction of it reads its result rather than recomputing it, and after
-    ``after`` is known.
+def unfused(fn: Callable[[jax.Array], Result], flat: jax.Array, after: jax.Array) -> Result:
+    """``fn(flat)``, an elementwise function (to one array or a tuple of them), computed
+    in a loop of its own on XLA:CPU, so that a reduction of it reads its result rather
+    than recomputing it, and after ``after`` is known.
 
     XLA fuses an elementwise producer into the reduction that consumes it, and XLA:CPU
     runs a fused reduction one element at a time unless it may reassociate float sums
@@ -83,11 +85,12 @@ def unfused(fn: Callable[[jax.Array], jax.Array], flat: jax.Array, after: jax.Ar
 
     Args:
       fn: an elementwise function of the ``(D, P)`` array (or a generator of one, such
-        as :func:`~corgrad_jax._src.draws.uniform`'s of a key's data).
+        as :func:`~corgrad_jax._src.draws.uniform`'s of a key's data), to an array or a
+        tuple of arrays.
       flat: ``(D, P)``, or the key's data.
       after: a scalar to wait for.
     """
-    def on_cpu(values: jax.Array) -> jax.Array:
+    def on_cpu(values: jax.Array) -> Result:
         return lax.cond(after == after, fn, fn, values)
 
     return lax.platform_dependent(flat, cpu=on_cpu, default=fn)
