@@ -23,9 +23,12 @@ from corgrad_jax._src.element_passes import element_sums, unfused
 from corgrad_jax._src.pieces import SMALL_LEAF
 
 
-def _agreement_mask(stacked: jax.Array) -> jax.Array:
-    """True where the signs of all D domains agree (a zero agrees with nothing)."""
-    return jnp.abs(base.domain_sum(jnp.sign(stacked))) == stacked.shape[0]
+def _agreement_mask(rows: Sequence[jax.Array]) -> jax.Array:
+    """True where the signs of all D domains' rows agree (a zero agrees with nothing)."""
+    signs = jnp.sign(rows[0])
+    for row in rows[1:]:
+        signs = signs + jnp.sign(row)
+    return jnp.abs(signs) == len(rows)
 
 
 def _masked_diagnostics(
@@ -128,10 +131,17 @@ def agreement_sum() -> optax.GradientTransformationExtraArgs:
     def leaf_rule(leaf: jax.Array, numbers: jax.Array | None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
         del numbers
-        total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
+        total, mask = base.domain_sum(leaf), _agreement_mask(list(leaf))
         return total, jnp.where(mask, total, 0), ~mask
 
     return _element_rule(leaf_rule, seed=0, name="agreement_sum", per_component=True)
+
+
+def _agreement_terms(values: list[jax.Array], others: list[jax.Array]) -> list[jax.Array]:
+    """Per component: 1 where the D signs agree, and there the sum's magnitude."""
+    del others
+    agree = _agreement_mask(values)
+    return [agree.astype(jnp.int32), jnp.where(agree, jnp.abs(base.domain_sum(values)), 0)]
 
 
 def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
@@ -153,10 +163,11 @@ def agreement_rand(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
     def leaf_rule(leaf: jax.Array, normal: jax.Array | None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
         assert normal is not None
-        total, mask = base.domain_sum(leaf), _agreement_mask(leaf)
-        count = mask.sum()
-        scale = jnp.where(count > 0, jnp.abs(jnp.where(mask, total, 0)).sum()
-                          / jnp.maximum(count, 1), 0)
+        total, mask = base.domain_sum(leaf), _agreement_mask(list(leaf))
+        # The layer's count and sum of |agreeing sums| in one pass (two jnp.sum calls
+        # each copied their operand first).
+        count, magnitude = element_sums(leaf.reshape(leaf.shape[0], -1), _agreement_terms)
+        scale = jnp.where(count > 0, magnitude / jnp.maximum(count, 1), 0)
         return total, jnp.where(mask, total, scale * normal), ~mask
 
     return _element_rule(leaf_rule, seed=seed, name="agreement_rand", draw=draws.normal)
