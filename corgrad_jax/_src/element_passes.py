@@ -84,9 +84,9 @@ def unfused(fn: Callable[[jax.Array], Result], flat: jax.Array, after: jax.Array
     ``fn(flat)`` is returned as it is (``lax.platform_dependent``).
 
     Args:
-      fn: an elementwise function of the ``(D, P)`` array (or a generator of one, such
-        as :func:`~corgrad_jax._src.draws.uniform`'s of a key's data), to an array or a
-        tuple of arrays.
+      fn: an elementwise function of the ``(D, P)`` array, to an array or a tuple of
+        arrays; or a generator of random numbers from a key's data
+        (:mod:`~corgrad_jax._src.draws`).
       flat: ``(D, P)``, or the key's data.
       after: a scalar to wait for.
     """
