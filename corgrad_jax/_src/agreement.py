@@ -25,10 +25,7 @@ from corgrad_jax._src.pieces import SMALL_LEAF
 
 def _agreement_mask(rows: Sequence[jax.Array]) -> jax.Array:
     """True where the signs of all D domains' rows agree (a zero agrees with nothing)."""
-    signs = jnp.sign(rows[0])
-    for row in rows[1:]:
-        signs = signs + jnp.sign(row)
-    return jnp.abs(signs) == len(rows)
+    return jnp.abs(base.domain_sum([jnp.sign(row) for row in rows])) == len(rows)
 
 
 def _masked_diagnostics(
@@ -320,8 +317,7 @@ def grad_drop(leak: float | Sequence[float] = 0.0, *, seed: int = 0
         def rule(values: jax.Array) -> tuple[jax.Array, jax.Array]:
             return grad_drop_update(values, uniform, leak_per_domain)
 
-        update, dropped = (unfused(rule, leaf, leaf.reshape(-1)[0]) if leaf.size
-                           else rule(leaf))
+        update, dropped = unfused(rule, leaf)
         return base.domain_sum(leaf), update, dropped
 
     return _element_rule(leaf_rule, seed=seed, name="grad_drop", draw=draws.uniform,

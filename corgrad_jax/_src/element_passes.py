@@ -67,7 +67,8 @@ def element_sums(flat: jax.Array, terms: Callable[..., list[jax.Array]],
     return totals
 
 
-def unfused(fn: Callable[[jax.Array], Result], flat: jax.Array, after: jax.Array) -> Result:
+def unfused(fn: Callable[[jax.Array], Result], flat: jax.Array,
+            after: jax.Array | None = None) -> Result:
     """``fn(flat)``, an elementwise function (to one array or a tuple of them), computed
     in a loop of its own on XLA:CPU, so that a reduction of it reads its result rather
     than recomputing it, and after ``after`` is known.
@@ -88,10 +89,15 @@ def unfused(fn: Callable[[jax.Array], Result], flat: jax.Array, after: jax.Array
         arrays; or a generator of random numbers from a key's data
         (:mod:`~corgrad_jax._src.draws`).
       flat: ``(D, P)``, or the key's data.
-      after: a scalar to wait for.
+      after: a float scalar to wait for; None for ``flat``'s first element (XLA would
+        fold a constant predicate). An empty ``flat`` is left to XLA.
     """
+    if not flat.size:
+        return fn(flat)
+    wait = flat.reshape(-1)[0] if after is None else after
+
     def on_cpu(values: jax.Array) -> Result:
-        return lax.cond(after == after, fn, fn, values)
+        return lax.cond(wait == wait, fn, fn, values)
 
     return lax.platform_dependent(flat, cpu=on_cpu, default=fn)
 
@@ -105,16 +111,13 @@ def unfused_in_turn(fns: Sequence[Callable[[jax.Array], jax.Array]],
     element granularity, D=3: 1.45x against 1.65x the floor), and only one call's
     temporaries are live at a time: XLA:CPU allocates them at every call, and 47 MB of
     them at once page-faulted on every call, as glibc maps blocks over 32 MB afresh.
-    The first call waits for a value of its own data, since XLA would fold a constant
-    predicate. An empty array is left to XLA."""
+    The first call waits for a value of its own data."""
     results: list[jax.Array] = []
     after = None
     for fn, flat in zip(fns, flats, strict=True):
-        if not flat.size:
-            results.append(fn(flat))
-            continue
-        results.append(unfused(fn, flat, flat[0, 0] if after is None else after))
-        after = results[-1].reshape(-1)[0]
+        results.append(unfused(fn, flat, after))
+        if results[-1].size:
+            after = results[-1].reshape(-1)[0]
     return results
 
 
