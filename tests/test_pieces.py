@@ -98,7 +98,7 @@ def test_both_passes_on_resnet18_are_exact(granularity, num_slices, variant, num
 
 
 @pytest.mark.parametrize("granularity,num_slices,variant",
-                         [*CASES, ("element", 10, "paper")])
+                         [*CASES, ("element", 10, "paper"), ("slice", 100, "paper")])
 @pytest.mark.parametrize("num_domains", [2, 4, 6])
 def test_both_passes_on_odd_sizes_are_exact(granularity, num_slices, variant, num_domains):
     _check(ODD_SHAPES, num_domains, granularity, num_slices, variant)

@@ -229,16 +229,42 @@ def _blocked_pair_sums(flat: jax.Array, plan: BlockPlan, num_pieces: int) -> jax
     """``(num_pieces, pairs)`` sums of the domain products of every piece, read as
     ``plan`` says: one variadic reduction over the whole blocks, then a segment sum of
     the block sums of the regular blocks and of the irregular elements' products."""
+    return _segment_pair_sums([_block_pair_sums(flat, plan)], [0], num_pieces)
+
+
+def _block_pair_sums(flat: jax.Array, plan: BlockPlan
+                     ) -> tuple[jax.Array, jax.Array, BlockPlan]:
+    """The pair sums of ``flat``'s whole blocks, ``(num_blocks, pairs)``, and the
+    irregular elements' products, ``(irregular, pairs)``, with their plan."""
     num_domains = flat.shape[0]
     body = flat[:, :plan.num_blocks * plan.block].reshape(num_domains, plan.num_blocks,
                                                           plan.block // _PAIRED, _PAIRED)
-    block_sums = jnp.stack(_pair_sums(body, axis=2, paired=True), axis=-1)  # (blocks, pairs)
-    block_sums = block_sums * jnp.asarray(plan.regular, flat.dtype)[:, None]
-    sums = jax.ops.segment_sum(block_sums, plan.piece_of_block, num_pieces,
-                               indices_are_sorted=True)
-    if plan.irregular.size:
+    block_sums = jnp.stack(_pair_sums(body, axis=2, paired=True), axis=-1)
+    return block_sums, _products(flat[:, plan.irregular]), plan
+
+
+def _segment_pair_sums(parts: Sequence[tuple[jax.Array, jax.Array, BlockPlan]],
+                       offsets: Sequence[int], num_pieces: int) -> jax.Array:
+    """``(num_pieces, pairs)``: the rows of :func:`_block_pair_sums` of several arrays
+    added up by piece (the straddling blocks' sums left out, as their elements are
+    irregular), the pieces of part ``n`` numbered from ``offsets[n]``: one segment sum of
+    all the block sums, then one of all the irregular products, so that every piece adds
+    its rows in the order a segment sum of its own leaf would."""
+    def joined(arrays: list[jax.Array]) -> jax.Array:
+        return jnp.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+    blocks = joined([part[0] for part in parts])
+    regular = np.concatenate([part[2].regular for part in parts])
+    blocks = blocks * jnp.asarray(regular, blocks.dtype)[:, None]
+    block_pieces = np.concatenate([part[2].piece_of_block + offset
+                                   for part, offset in zip(parts, offsets, strict=True)])
+    sums = jax.ops.segment_sum(blocks, block_pieces, num_pieces, indices_are_sorted=True)
+    loose = [(part[1], part[2].piece_of_irregular + offset)
+             for part, offset in zip(parts, offsets, strict=True) if part[2].irregular.size]
+    if loose:
         sums = sums + jax.ops.segment_sum(
-            _products(flat[:, plan.irregular]), plan.piece_of_irregular, num_pieces,
+            joined([rows for rows, _ in loose]), np.concatenate([p for _, p in loose]),
+            num_pieces,
             indices_are_sorted=True)
     return sums
 
@@ -314,7 +340,27 @@ class PieceLayout:
           flats: ``(D, P_leaf)`` flattened per-domain gradients of every leaf.
         """
         small, large = self.small, self.large
-        grams = [piece_gram(flats[k], self.pieces[k]) for k in large]
+        num_domains = flats[0].shape[0] if flats else 0
+        blocked = [k for k in large if self.pieces[k].blocked]
+        # The blocked leaves' block sums are added up by piece in one segment sum for
+        # all of them: one kernel instead of a few per leaf, for the compile time.
+        parts, offsets, grams, start = [], [], [], 0
+        for k in large:
+            if k in blocked:
+                parts.append(_block_pair_sums(flats[k], self.pieces[k].block_plan()))
+                offsets.append(start)
+            start += self.pieces[k].num_pieces
+        if blocked:
+            sums = _segment_pair_sums(parts, offsets, start)[:, _square_index(num_domains)]
+        if len(blocked) == len(large):
+            grams = [sums] if large else []
+        else:  # element granularity, or pieces too short to block: leaf by leaf
+            start = 0
+            for k in large:
+                stop = start + self.pieces[k].num_pieces
+                grams.append(sums[start:stop] if k in blocked
+                             else piece_gram(flats[k], self.pieces[k]))
+                start = stop
         if small:
             grams.insert(0, group_gram([flats[k] for k in small],
                                        [self.pieces[k] for k in small]))
