@@ -339,32 +339,32 @@ class PieceLayout:
         Args:
           flats: ``(D, P_leaf)`` flattened per-domain gradients of every leaf.
         """
-        small, large = self.small, self.large
-        num_domains = flats[0].shape[0] if flats else 0
-        blocked = [k for k in large if self.pieces[k].blocked]
-        # The blocked leaves' block sums are added up by piece in one segment sum for
-        # all of them: one kernel instead of a few per leaf, for the compile time.
-        parts, offsets, grams, start = [], [], [], 0
-        for k in large:
-            if k in blocked:
-                parts.append(_block_pair_sums(flats[k], self.pieces[k].block_plan()))
-                offsets.append(start)
-            start += self.pieces[k].num_pieces
-        if blocked:
-            sums = _segment_pair_sums(parts, offsets, start)[:, _square_index(num_domains)]
-        if len(blocked) == len(large):
-            grams = [sums] if large else []
-        else:  # element granularity, or pieces too short to block: leaf by leaf
-            start = 0
-            for k in large:
-                stop = start + self.pieces[k].num_pieces
-                grams.append(sums[start:stop] if k in blocked
-                             else piece_gram(flats[k], self.pieces[k]))
-                start = stop
+        small = self.small
+        grams = self._large_grams(flats)
         if small:
             grams.insert(0, group_gram([flats[k] for k in small],
                                        [self.pieces[k] for k in small]))
         return jnp.concatenate(grams) if len(grams) > 1 else grams[0]
+
+    def _large_grams(self, flats: Sequence[jax.Array]) -> list[jax.Array]:
+        """The large leaves' ``(num_pieces, D, D)`` Gram matrices, in order, as arrays to
+        concatenate. The blocked leaves' block sums are added up by piece in one segment
+        sum for all of them: one kernel instead of a few per leaf, for the compile time."""
+        large = self.large
+        blocked = {k for k in large if self.pieces[k].blocked}
+        if not blocked:  # element granularity, or pieces too short to block
+            return [piece_gram(flats[k], self.pieces[k]) for k in large]
+        starts = np.cumsum([0] + [self.pieces[k].num_pieces for k in large])
+        sums = _segment_pair_sums(
+            [_block_pair_sums(flats[k], self.pieces[k].block_plan()) for k in large
+             if k in blocked],
+            [int(starts[n]) for n, k in enumerate(large) if k in blocked], int(starts[-1]))
+        joint = sums[:, _square_index(flats[large[0]].shape[0])]
+        if len(blocked) == len(large):
+            return [joint]
+        # Leaves too short to block beside blocked ones (their rows of ``joint`` are 0).
+        return [joint[a:b] if k in blocked else piece_gram(flats[k], self.pieces[k])
+                for k, a, b in zip(large, starts[:-1], starts[1:], strict=True)]
 
     def combine(self, flats: Sequence[jax.Array], weights: jax.Array) -> list[jax.Array]:
         """Second pass: ``out^k = sum_m weights[k, m] g_m^k`` for every leaf, ``(P_leaf,)``
