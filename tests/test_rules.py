@@ -17,6 +17,7 @@ from conftest import random_leaves
 from oracle import slice_bounds
 
 import corgrad_jax as cg
+from corgrad_jax._src.dual_cone import sorted_decreasing
 
 SHAPES = [(6, 4, 3), (7,), (13, 5), (2, 3)]
 GRANULARITIES = ("model", "layer", "slice", "element")
@@ -168,6 +169,18 @@ def test_element_closed_form_equals_the_rule_on_rank_one_gram_matrices(name, num
         # Where the exact answer is 0 the generic path leaves rounding residues (ConFIG's
         # 1 / ||direction|| of a direction of size 1e-16, say), of about 1e-8 here.
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7 * np.abs(x).max())
+
+
+@pytest.mark.parametrize("num_domains", range(1, 9))
+def test_sorting_network_sorts_every_input(num_domains, rng):
+    # DualProj's closed form reads its candidate sets off this network. By the 0-1
+    # principle a comparator network sorts every input if it sorts every 0-1 input, so
+    # all 2^D of them are checked, then random values with ties.
+    binary = ((np.arange(2**num_domains)[None] >> np.arange(num_domains)[:, None]) & 1)
+    values = np.concatenate([binary.astype(np.float32),
+                             rng.integers(-2, 3, (num_domains, 1000)).astype(np.float32)], 1)
+    out = np.stack(sorted_decreasing([jnp.asarray(row) for row in values]))
+    np.testing.assert_array_equal(out, -np.sort(-values, axis=0))
 
 
 @pytest.mark.parametrize("name", ["upgrad", "dual_proj"])
