@@ -18,6 +18,7 @@ from oracle import slice_bounds
 
 import corgrad_jax as cg
 from corgrad_jax._src.dual_cone import sorted_decreasing
+from corgrad_jax._src.solvers import active_sets
 
 SHAPES = [(6, 4, 3), (7,), (13, 5), (2, 3)]
 GRANULARITIES = ("model", "layer", "slice", "element")
@@ -176,8 +177,7 @@ def test_sorting_network_sorts_every_input(num_domains, rng):
     # DualProj's closed form reads its candidate sets off this network. By the 0-1
     # principle a comparator network sorts every input if it sorts every 0-1 input, so
     # all 2^D of them are checked, then random values with ties.
-    binary = ((np.arange(2**num_domains)[None] >> np.arange(num_domains)[:, None]) & 1)
-    values = np.concatenate([binary.astype(np.float32),
+    values = np.concatenate([active_sets(num_domains).T.astype(np.float32),
                              rng.integers(-2, 3, (num_domains, 1000)).astype(np.float32)], 1)
     out = np.stack(sorted_decreasing([jnp.asarray(row) for row in values]))
     np.testing.assert_array_equal(out, -np.sort(-values, axis=0))
