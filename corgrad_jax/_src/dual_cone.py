@@ -119,14 +119,15 @@ def dual_proj_element(values: list[jax.Array], norm_eps: Any, reg_eps: Any) -> j
     # |g_j| for the components of sign opposite to the mean, 0 for the others.
     magnitudes = sorted_decreasing([jnp.maximum(-sign * v, 0) for v in values])
     scaled = reg_eps * squares
-    best = sign * total / num_domains  # F empty: the mean, in aligned units
+    aligned_total = sign * total  # at least 0
+    best = aligned_total / num_domains  # F empty: the mean, in aligned units
     magnitude = jnp.zeros_like(total)
     mass = jnp.zeros_like(total)
     for largest in magnitudes:  # F: the opposite-signed components at least this large
         magnitude = magnitude + largest
         mass = mass + largest * largest
         # Divided before the product: eps t (...) overflows float32 at |g| ~ 1e13.
-        candidate = scaled * ((sign * total + magnitude) / (num_domains * (scaled + mass)))
+        candidate = scaled * ((aligned_total + magnitude) / (num_domains * (scaled + mass)))
         best = jnp.where(largest > 0, jnp.minimum(best, candidate), best)
     return jnp.where(usable, sign * best, total / num_domains)
 

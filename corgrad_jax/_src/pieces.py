@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -229,43 +230,48 @@ def _blocked_pair_sums(flat: jax.Array, plan: BlockPlan, num_pieces: int) -> jax
     """``(num_pieces, pairs)`` sums of the domain products of every piece, read as
     ``plan`` says: one variadic reduction over the whole blocks, then a segment sum of
     the block sums of the regular blocks and of the irregular elements' products."""
-    return _segment_pair_sums([_block_pair_sums(flat, plan)], [0], num_pieces)
+    return _segment_pair_sums([_block_pair_sums(flat, plan)], num_pieces)
 
 
-def _block_pair_sums(flat: jax.Array, plan: BlockPlan
-                     ) -> tuple[jax.Array, jax.Array, BlockPlan]:
-    """The pair sums of ``flat``'s whole blocks, ``(num_blocks, pairs)``, and the
-    irregular elements' products, ``(irregular, pairs)``, with their plan."""
+class _BlockSums(NamedTuple):
+    """The Gram pass's reads of one flat array, before they are added up by piece."""
+
+    blocks: jax.Array  # (num_blocks, pairs): the pair sums of every whole block
+    loose: jax.Array  # (irregular, pairs): the irregular elements' products
+    plan: BlockPlan
+    first_piece: int  # the number of the array's first piece among all the pieces
+
+
+def _block_pair_sums(flat: jax.Array, plan: BlockPlan, first_piece: int = 0) -> _BlockSums:
+    """The block sums and irregular products of ``flat`` read as ``plan`` says."""
     num_domains = flat.shape[0]
     body = flat[:, :plan.num_blocks * plan.block].reshape(num_domains, plan.num_blocks,
                                                           plan.block // _PAIRED, _PAIRED)
     block_sums = jnp.stack(_pair_sums(body, axis=2, paired=True), axis=-1)
-    return block_sums, _products(flat[:, plan.irregular]), plan
+    return _BlockSums(block_sums, _products(flat[:, plan.irregular]), plan, first_piece)
 
 
-def _segment_pair_sums(parts: Sequence[tuple[jax.Array, jax.Array, BlockPlan]],
-                       offsets: Sequence[int], num_pieces: int) -> jax.Array:
-    """``(num_pieces, pairs)``: the rows of :func:`_block_pair_sums` of several arrays
-    added up by piece (the straddling blocks' sums left out, as their elements are
-    irregular), the pieces of part ``n`` numbered from ``offsets[n]``: one segment sum of
-    all the block sums, then one of all the irregular products, so that every piece adds
-    its rows in the order a segment sum of its own leaf would."""
+def _segment_pair_sums(parts: Sequence[_BlockSums], num_pieces: int) -> jax.Array:
+    """``(num_pieces, pairs)``: the rows of several :class:`_BlockSums` added up by piece
+    (the straddling blocks' sums left out, as their elements are irregular): one segment
+    sum of all the block sums, then one of all the irregular products, so that every
+    piece adds its rows in the order a segment sum of its own leaf would."""
     def joined(arrays: list[jax.Array]) -> jax.Array:
         return jnp.concatenate(arrays) if len(arrays) > 1 else arrays[0]
 
-    blocks = joined([part[0] for part in parts])
-    regular = np.concatenate([part[2].regular for part in parts])
+    blocks = joined([part.blocks for part in parts])
+    regular = np.concatenate([part.plan.regular for part in parts])
     blocks = blocks * jnp.asarray(regular, blocks.dtype)[:, None]
-    block_pieces = np.concatenate([part[2].piece_of_block + offset
-                                   for part, offset in zip(parts, offsets, strict=True)])
+    block_pieces = np.concatenate([part.plan.piece_of_block + part.first_piece
+                                   for part in parts])
     sums = jax.ops.segment_sum(blocks, block_pieces, num_pieces, indices_are_sorted=True)
-    loose = [(part[1], part[2].piece_of_irregular + offset)
-             for part, offset in zip(parts, offsets, strict=True) if part[2].irregular.size]
+    loose = [part for part in parts if part.plan.irregular.size]
     if loose:
         sums = sums + jax.ops.segment_sum(
-            joined([rows for rows, _ in loose]), np.concatenate([p for _, p in loose]),
-            num_pieces,
-            indices_are_sorted=True)
+            joined([part.loose for part in loose]),
+            np.concatenate([part.plan.piece_of_irregular + part.first_piece
+                            for part in loose]),
+            num_pieces, indices_are_sorted=True)
     return sums
 
 
@@ -356,9 +362,9 @@ class PieceLayout:
             return [piece_gram(flats[k], self.pieces[k]) for k in large]
         starts = np.cumsum([0] + [self.pieces[k].num_pieces for k in large])
         sums = _segment_pair_sums(
-            [_block_pair_sums(flats[k], self.pieces[k].block_plan()) for k in large
-             if k in blocked],
-            [int(starts[n]) for n, k in enumerate(large) if k in blocked], int(starts[-1]))
+            [_block_pair_sums(flats[k], self.pieces[k].block_plan(), int(start))
+             for k, start in zip(large, starts[:-1], strict=True) if k in blocked],
+            int(starts[-1]))
         joint = sums[:, _square_index(flats[large[0]].shape[0])]
         if len(blocked) == len(large):
             return [joint]
