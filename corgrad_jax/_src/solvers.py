@@ -60,12 +60,22 @@ def solve_on_subsets(matrix: jax.Array, free: jax.Array, rhs: jax.Array,
       free pivot was singular (x is then meaningless).
     """
     num_domains = matrix.shape[-1]
-    shape = jnp.broadcast_shapes(matrix.shape[:-2], free.shape[:-1], rhs.shape[:-2],
+    solution, valid = solve_columns(matrix, free, [rhs[..., a, :] for a in range(num_domains)],
+                                    pivot_floor)
+    return jnp.stack(solution, axis=-2), valid
+
+
+def solve_columns(matrix: jax.Array, free: jax.Array, right: list[jax.Array],
+                  pivot_floor: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+    """:func:`solve_on_subsets` with the right-hand side and the solution as D arrays
+    ``(..., R)``, one per row."""
+    num_domains = matrix.shape[-1]
+    shape = jnp.broadcast_shapes(matrix.shape[:-2], free.shape[:-1], right[0].shape[:-1],
                                  jnp.shape(pivot_floor))
     free = jnp.broadcast_to(free, (*shape, num_domains))
     rows = [[jnp.where(free[..., a] & free[..., b], matrix[..., a, b], float(a == b))
              for b in range(num_domains)] for a in range(num_domains)]
-    right = [jnp.broadcast_to(rhs[..., a, :], (*shape, rhs.shape[-1])) for a in range(num_domains)]
+    right = [jnp.broadcast_to(r, (*shape, r.shape[-1])) for r in right]
     valid = jnp.ones(shape, bool)
     inverse_pivots = []
     for k in range(num_domains):
@@ -85,7 +95,7 @@ def solve_on_subsets(matrix: jax.Array, free: jax.Array, rhs: jax.Array,
         for j in range(k + 1, num_domains):
             acc = acc - rows[k][j][..., None] * solution[j]
         solution[k] = acc * inverse_pivots[k][..., None]
-    return jnp.stack(solution, axis=-2), valid
+    return solution, valid
 
 
 def matvec(matrix: jax.Array, x: jax.Array) -> jax.Array:
@@ -132,6 +142,14 @@ def last_all(x: jax.Array) -> jax.Array:
     return out
 
 
+def sum_list(terms: list[jax.Array]) -> jax.Array:
+    """The sum of a short list of arrays, broadcast, as explicit adds in order."""
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
+
+
 def quadratic_form(x: jax.Array, matrix: jax.Array, y: jax.Array | None = None) -> jax.Array:
     """:math:`x^\\top M y` over the last axis (``y = x`` by default), batched by
     broadcasting, as explicit multiply-adds (:func:`matvec`)."""
@@ -158,18 +176,28 @@ def box_minimum(gram: jax.Array, lower: jax.Array) -> jax.Array:
     dtype = jnp.dtype(gram.dtype)
     lower = jnp.broadcast_to(lower, (num_pieces, *lower.shape[-2:])).astype(dtype)
     active = jnp.asarray(active_sets(num_domains))  # (S, D)
-    bound = lower[:, None] * active[None, :, None, :]  # (K, S, R, D): u on the active set
-    pushed = matvec(gram[:, None, None], bound)  # (K, S, R, D): G u_S
-    rhs = jnp.where(active[None, :, None, :], bound, -pushed)
+    # Every (K, S, R) array per domain, never stacked: a stacked (K, S, R, D) array and
+    # its transposes took more time than the solves (DualProj at D=5 on 620 pieces:
+    # 0.45 against 0.73-1.0 ms) and 0.3 s more to compile.
+    entry = [[gram[:, a, b, None, None] for b in range(num_domains)]
+             for a in range(num_domains)]  # (K, 1, 1)
+    bound = [lower[:, None, :, a] for a in range(num_domains)]  # (K, 1, R): u
+    on_set = [bound[a] * active[None, :, None, a] for a in range(num_domains)]  # u_S
+    right = [jnp.where(active[None, :, None, a], on_set[a],
+                       -sum_list([entry[a][b] * on_set[b] for b in range(num_domains)]))
+             for a in range(num_domains)]  # u on S, -G u_S elsewhere
     trace = jnp.trace(gram, axis1=-2, axis2=-1)
-    x, valid = solve_on_subsets(gram[:, None], ~active[None], jnp.swapaxes(rhs, -1, -2),
-                                (PIVOT_RTOL[dtype] * trace)[:, None])
-    x = jnp.swapaxes(x, -1, -2)  # (K, S, R, D)
-    scale = jnp.abs(lower).max((-2, -1))[:, None, None, None]
-    feasible = valid[..., None] & last_all(x >= lower[:, None] - FEASIBILITY_RTOL[dtype] * scale)
-    objective = jnp.where(feasible, quadratic_form(x, gram[:, None, None]), jnp.inf)
-    best = jnp.argmin(objective, axis=1)  # (K, R)
-    return jnp.take_along_axis(x, best[:, None, :, None], axis=1)[:, 0]
+    x, valid = solve_columns(gram[:, None], ~active[None], right,
+                             (PIVOT_RTOL[dtype] * trace)[:, None])  # (K, S, R) each
+    slack = FEASIBILITY_RTOL[dtype] * jnp.abs(lower).max((-2, -1))[:, None, None]
+    feasible = valid[..., None]
+    for a in range(num_domains):
+        feasible = feasible & (x[a] >= bound[a] - slack)
+    objective = sum_list([x[a] * sum_list([entry[a][b] * x[b] for b in range(num_domains)])
+                          for a in range(num_domains)])  # x' G x
+    best = jnp.argmin(jnp.where(feasible, objective, jnp.inf), axis=1)[:, None]  # (K, 1, R)
+    return jnp.stack([jnp.take_along_axis(x[a], best, axis=1)[:, 0]
+                      for a in range(num_domains)], axis=-1)
 
 
 def pseudo_inverse(gram: jax.Array, rtol: float | None = None) -> jax.Array:
