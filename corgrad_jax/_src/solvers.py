@@ -98,6 +98,14 @@ def solve_columns(matrix: jax.Array, free: jax.Array, right: list[jax.Array],
     return solution, valid
 
 
+def sum_list(terms: list[jax.Array]) -> jax.Array:
+    """The sum of a short list of arrays, broadcast, as explicit adds in order."""
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
+
+
 def matvec(matrix: jax.Array, x: jax.Array) -> jax.Array:
     """:math:`(M x)_a = \\sum_b M_{ab} x_b` over the last axes, batched by broadcasting.
 
@@ -107,31 +115,20 @@ def matvec(matrix: jax.Array, x: jax.Array) -> jax.Array:
     on ResNet18's 620 slices at D = 5, the largest part of its rule's time).
     """
     num_domains = x.shape[-1]
-    rows = []
-    for a in range(num_domains):
-        acc = matrix[..., a, 0] * x[..., 0]
-        for b in range(1, num_domains):
-            acc = acc + matrix[..., a, b] * x[..., b]
-        rows.append(acc)
-    return jnp.stack(rows, axis=-1)
+    return jnp.stack([sum_list([matrix[..., a, b] * x[..., b] for b in range(num_domains)])
+                      for a in range(num_domains)], axis=-1)
 
 
 def inner(x: jax.Array, y: jax.Array) -> jax.Array:
     """:math:`\\sum_a x_a y_a` over the last axis, batched by broadcasting, as explicit
     multiply-adds: a short ``.sum(-1)`` became a library reduction call of about 50 us
     on XLA:CPU, which adds up inside the solvers' loops."""
-    out = x[..., 0] * y[..., 0]
-    for a in range(1, x.shape[-1]):
-        out = out + x[..., a] * y[..., a]
-    return out
+    return sum_list([x[..., a] * y[..., a] for a in range(x.shape[-1])])
 
 
 def last_sum(x: jax.Array) -> jax.Array:
     """:math:`\\sum_a x_a` over the last (short) axis, as explicit adds (:func:`inner`)."""
-    out = x[..., 0]
-    for a in range(1, x.shape[-1]):
-        out = out + x[..., a]
-    return out
+    return sum_list([x[..., a] for a in range(x.shape[-1])])
 
 
 def last_all(x: jax.Array) -> jax.Array:
@@ -139,14 +136,6 @@ def last_all(x: jax.Array) -> jax.Array:
     out = x[..., 0]
     for a in range(1, x.shape[-1]):
         out = out & x[..., a]
-    return out
-
-
-def sum_list(terms: list[jax.Array]) -> jax.Array:
-    """The sum of a short list of arrays, broadcast, as explicit adds in order."""
-    out = terms[0]
-    for term in terms[1:]:
-        out = out + term
     return out
 
 
