@@ -219,21 +219,27 @@ def frank_wolfe_min_norm(gram: jax.Array, epsilon: jax.Array | float, max_iters:
     """
     num_pieces, num_domains, _ = gram.shape
     dtype = gram.dtype
-    eye = jnp.eye(num_domains, dtype=dtype)
-    diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
+    diagonal = [gram[:, i, i] for i in range(num_domains)]
 
     def step(carry: tuple[jax.Array, jax.Array, jax.Array]
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
         alpha, done, iteration = carry
         pushed = matvec(gram, alpha)  # (K, D): G alpha
-        target = jnp.argmin(pushed, axis=-1)
-        vertex = eye[target]
-        a = jnp.take_along_axis(pushed, target[:, None], axis=-1)[:, 0]
+        # t = argmin_i (G alpha)_i, the first of equals (or the first NaN, as argmin),
+        # with a = (G alpha)_t and c = G_tt, in elementwise selects: an argmin and two
+        # gathers were kernels of their own at every step.
+        a, c, target = pushed[:, 0], diagonal[0], jnp.zeros((num_pieces,), jnp.int32)
+        for i in range(1, num_domains):
+            value = pushed[:, i]
+            better = (value < a) | (jnp.isnan(value) & ~jnp.isnan(a))
+            a = jnp.where(better, value, a)
+            c = jnp.where(better, diagonal[i], c)
+            target = jnp.where(better, i, target)
         b = inner(pushed, alpha)
-        c = jnp.take_along_axis(diagonal, target[:, None], axis=-1)[:, 0]
         denominator = b + c - 2 * a
         gamma = jnp.where(c <= a, 1.0, jnp.where(
             b <= a, 0.0, (b - a) / jnp.where(denominator > 0, denominator, 1)))
+        vertex = (target[:, None] == jnp.arange(num_domains)).astype(dtype)
         moved = (1 - gamma)[:, None] * alpha + gamma[:, None] * vertex
         alpha = jnp.where(done[:, None], alpha, moved)
         return alpha, done | (gamma < epsilon), iteration + 1
