@@ -112,7 +112,8 @@ def matvec(matrix: jax.Array, x: jax.Array) -> jax.Array:
     Written as D x D explicit multiply-adds on the batch-shaped entries: a broadcast
     product summed over an axis made XLA:CPU materialize the ``(..., D, D)`` product
     before a separate reduction (10 MB for UPGrad's ``(slices, 2^D, D, D, D)`` candidates
-    on ResNet18's 620 slices at D = 5, the largest part of its rule's time).
+    on ResNet18's 620 slices at D = 5, the largest part of its rule's time, when
+    :func:`box_minimum` still stacked its candidates).
     """
     num_domains = x.shape[-1]
     return jnp.stack([sum_list([matrix[..., a, b] * x[..., b] for b in range(num_domains)])
